@@ -1,0 +1,487 @@
+"""Syntax blocks -> the typed model, with piranha's value rules and ordering rules.
+
+For each statement this module does what piranha's ``CHECK_ARGS`` and ``get*``
+helpers do: ``=`` must be the second word, the number of values must match, and
+each value is read by its keyword's :class:`~compiler.keywords.Kind`. A bad
+statement produces a diagnostic and is skipped, so one run reports every problem;
+the keyword then keeps its previous value or default. Legacy and extended
+spellings are mapped here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any
+
+from . import codes
+from .diagnostics import Diagnostic, Severity, make
+from .keywords import GLOBAL, SERVER, VIRTUAL, Keyword, Kind
+from .lexer import Line, line_span, word_span
+from .model import (
+    Config,
+    Dialect,
+    FailoverService,
+    Host,
+    HostDevice,
+    Hostname,
+    Network,
+    Protocol,
+    RealServer,
+    Scheduler,
+    ServiceType,
+    VirtualService,
+)
+from .parser import Block, SyntaxFile
+from .services import service_port
+from .source import Span
+
+_INT_RE = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_HOSTNAME_RE = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
+_ENUMS: dict[str, Any] = {
+    "service": ServiceType,
+    "network": Network,
+    "protocol": Protocol,
+    "scheduler": Scheduler,
+}
+_ZERO = IPv4Address(0)
+_ALL_ONES = IPv4Address(0xFFFFFFFF)
+_UNSET_MASK = {"vip_nmask": _ZERO, "nat_nmask": _ZERO, "pmask": _ALL_ONES}
+
+
+def c_strtol(tok: str) -> int | None:
+    """``strtol(tok, &end, 0)`` followed by piranha's ``if (*end) error`` test.
+
+    Leading white space and a sign are allowed; ``0x`` is hex and a leading 0 octal;
+    the empty string reads as 0 (strtol consumes nothing and ``*end`` is NUL).
+    """
+    if tok.isdigit() and (tok[0] != "0" or len(tok) == 1):
+        return int(tok)
+    if tok == "":
+        return 0
+    m = _INT_RE.fullmatch(tok)
+    if m is None:
+        return None
+    sign, digits = m.groups()
+    if digits.startswith(("0x", "0X")):
+        v = int(digits, 16)
+    elif len(digits) > 1:
+        v = int(digits, 8)
+    else:
+        v = int(digits)
+    return -v if sign == "-" else v
+
+
+def inet_aton(tok: str) -> IPv4Address | None:
+    """glibc inet_aton, as piranha uses it: also accepts ``10.1`` and ``0x0a000001``."""
+    if not tok or "\x00" in tok:
+        return None
+    try:
+        return IPv4Address(socket.inet_aton(tok))
+    except (OSError, ValueError):
+        return None
+
+
+class _Bad(Exception):
+    """A statement is rejected; carries the diagnostic."""
+
+    def __init__(self, diag: Diagnostic) -> None:
+        super().__init__(diag.message)
+        self.diag = diag
+
+
+@dataclass
+class _Ctx:
+    file: str
+    dialect: Dialect
+    diags: list[Diagnostic] = field(default_factory=list)
+
+    def extension(self, line: Line, index: int, what: str) -> None:
+        """Record use of an extended-dialect feature: a note, or an error in piranha mode."""
+        if self.dialect is Dialect.PIRANHA:
+            raise _Bad(
+                make(
+                    codes.EXTENSION,
+                    f"{what} is not accepted by piranha",
+                    word_span(self.file, line, index),
+                    severity=Severity.ERROR,
+                    help="drop --dialect piranha to use the extended dialect",
+                )
+            )
+        self.diags.append(
+            make(
+                codes.EXTENSION,
+                f"{what}: an extension; piranha would reject this line",
+                word_span(self.file, line, index),
+            )
+        )
+
+
+# --------------------------------------------------------------------------- values
+
+
+def _value(ctx: _Ctx, kw: Keyword, line: Line) -> Any:
+    """Check ``KEY = VALUE...`` shape and read the value(s) of one statement."""
+    words = line.words
+    f = ctx.file
+    if len(words) < 2 or words[1] != "=":
+        raise _Bad(
+            make(
+                codes.EQUAL_EXPECTED,
+                f"equal (=) expected after `{kw.name}`",
+                word_span(f, line, 1),
+                help=f"write `{kw.name} = VALUE`, with `=` as a word of its own",
+            )
+        )
+    if kw.kind is Kind.LIST:
+        return _list(ctx, line)
+    n = kw.arity
+    if len(words) < 2 + n:
+        shape = f"`{kw.name} = IP DEVICE`" if n == 2 else f"`{kw.name} = VALUE`"
+        raise _Bad(
+            make(
+                codes.MISSING_ARGS,
+                f"missing arguments: `{kw.name}` takes {n} value{'s' if n > 1 else ''}",
+                line_span(f, line),
+                help=f"write {shape}",
+            )
+        )
+    if len(words) > 2 + n:
+        extra = words[2 + n]
+        if extra.startswith("#") and not line.quote(2 + n):
+            hint = "lvs.cf has no trailing comments: a comment must be a line of its own"
+        else:
+            hint = 'quote a value that contains blanks: `send = "GET / HTTP/1.0"`'
+        raise _Bad(
+            make(
+                codes.EXTRA_ARGS,
+                f"unexpected arguments after the value of `{kw.name}`",
+                word_span(f, line, 2 + n),
+                help=hint,
+            )
+        )
+    tok = words[2]
+    k = kw.kind
+    if k is Kind.INT:
+        return _int(ctx, line, 2, kw.name)
+    if k is Kind.BOOL:
+        v = _int(ctx, line, 2, kw.name)
+        if v not in (0, 1):
+            raise _Bad(
+                make(
+                    codes.BOOL_EXPECTED,
+                    f"boolean expected: `{kw.name}` is 0 or 1, not {tok}",
+                    word_span(f, line, 2),
+                    help="write 1 for on and 0 for off",
+                )
+            )
+        return bool(v)
+    if k is Kind.SECONDS:
+        v = c_strtol(tok)
+        if v is not None:
+            return v
+        try:
+            fv = float(tok)
+        except ValueError:
+            fv = -1.0
+        if fv >= 0 and re.fullmatch(r"[0-9]*\.[0-9]+|[0-9]+\.[0-9]*", tok):
+            ctx.extension(line, 2, f"a fractional `{kw.name}`")
+            return fv
+        return _int(ctx, line, 2, kw.name)
+    if k is Kind.PORT:
+        v = c_strtol(tok)
+        if v is not None:
+            return v
+        port = service_port(tok)
+        if port is None:
+            raise _Bad(
+                make(
+                    codes.UNKNOWN_SERVICE,
+                    f"invalid argument: `{tok}` is neither a port number nor a TCP service name",
+                    word_span(f, line, 2),
+                    help="use a number, or a name from /etc/services such as `http`",
+                )
+            )
+        return port
+    if k is Kind.CHOICE:
+        return _choice(ctx, kw, line)
+    if k is Kind.STRING:
+        return tok
+    if k is Kind.QSTRING:
+        return tok
+    if k in (Kind.HOST, Kind.HOST_NONZERO):
+        host = _host(ctx, line, 2)
+        if k is Kind.HOST_NONZERO and host == _ZERO:
+            raise _Bad(
+                make(
+                    codes.ZERO_ADDRESS,
+                    f"invalid host name or ip address: `{kw.name}` cannot be 0.0.0.0",
+                    word_span(f, line, 2),
+                    help=f"give the router's real address, or leave `{kw.name}` out",
+                )
+            )
+        return host
+    if k is Kind.HOST_DEVICE:
+        return HostDevice(address=_host(ctx, line, 2), device=words[3])
+    if k is Kind.IP:
+        ip = inet_aton(tok)
+        if ip is None:
+            ip6 = _ipv6(tok)
+            if ip6 is None:
+                raise _Bad(
+                    make(
+                        codes.BAD_IP,
+                        f"invalid host name or ip address: `{kw.name}` needs an IP address, "
+                        f"not `{tok}`",
+                        word_span(f, line, 2),
+                        help="piranha does not resolve host names here",
+                    )
+                )
+            ctx.extension(line, 2, "an IPv6 address")
+            return ip6
+        return ip
+    if k is Kind.NETMASK:
+        ip = inet_aton(tok)
+        if ip is None:
+            raise _Bad(
+                make(
+                    codes.BAD_NETMASK,
+                    f"Bad subnet mask specified: `{tok}` is not a dotted-quad netmask",
+                    word_span(f, line, 2),
+                    help="write a mask such as 255.255.255.0",
+                )
+            )
+        return ip
+    if k is Kind.PMASK:
+        ip = inet_aton(tok)
+        if ip is None:
+            ctx.diags.append(
+                make(
+                    codes.BAD_PMASK,
+                    f"`{tok}` is not a netmask; piranha ignores this pmask",
+                    word_span(f, line, 2),
+                    help="write a mask such as 255.255.255.0, or remove the line",
+                )
+            )
+            return None
+        return ip
+    raise AssertionError(f"unhandled kind {k}")  # pragma: no cover
+
+
+def _int(ctx: _Ctx, line: Line, index: int, name: str) -> int:
+    v = c_strtol(line.words[index])
+    if v is None:
+        raise _Bad(
+            make(
+                codes.INT_EXPECTED,
+                f"integer expected: `{name}` needs a whole number, not `{line.words[index]}`",
+                word_span(ctx.file, line, index),
+                help="decimal, 0x hex or 0-prefixed octal",
+            )
+        )
+    return v
+
+
+def _choice(ctx: _Ctx, kw: Keyword, line: Line) -> Any:
+    tok = line.words[2]
+    if tok in kw.choices:
+        pass
+    elif tok in kw.ext_choices:
+        ctx.extension(line, 2, f"`{kw.name} = {tok}`")
+    else:
+        allowed = kw.choices + (kw.ext_choices if ctx.dialect is Dialect.EXTENDED else ())
+        if tok.lower() in allowed:
+            hint = f"values are case-sensitive: write `{tok.lower()}`"
+        else:
+            hint = "one of: " + ", ".join(allowed)
+        raise _Bad(
+            make(
+                codes.BAD_ARGUMENT,
+                f"invalid argument: `{tok}` is not a valid `{kw.name}`",
+                word_span(ctx.file, line, 2),
+                help=hint,
+            )
+        )
+    enum = _ENUMS.get(kw.name)
+    return enum(tok) if enum else tok
+
+
+def _ipv6(tok: str) -> IPv6Address | None:
+    if ":" not in tok:
+        return None
+    try:
+        return IPv6Address(tok)
+    except ValueError:
+        return None
+
+
+def _host(ctx: _Ctx, line: Line, index: int) -> Host:
+    tok = line.words[index]
+    ip = inet_aton(tok)
+    if ip is not None:
+        return ip
+    ip6 = _ipv6(tok)
+    if ip6 is not None:
+        ctx.extension(line, index, "an IPv6 address")
+        return ip6
+    if _HOSTNAME_RE.fullmatch(tok) and not tok.replace(".", "").isdigit():
+        ctx.diags.append(
+            make(
+                codes.HOSTNAME,
+                f"`{tok}` is a host name: it is resolved when the daemon starts, not now",
+                word_span(ctx.file, line, index),
+                help="an IP address makes the configuration independent of DNS",
+            )
+        )
+        return Hostname(tok)
+    raise _Bad(
+        make(
+            codes.BAD_HOST,
+            f"invalid host name or ip address: `{tok}`",
+            word_span(ctx.file, line, index),
+            help="write a dotted-quad address such as 192.0.2.10",
+        )
+    )
+
+
+def _list(ctx: _Ctx, line: Line) -> tuple[str, ...]:
+    words = line.words[2:]
+    if not words or words[0] != "[" or "]" not in words[1:]:
+        raise _Bad(
+            make(
+                codes.LIST_EXPECTED,
+                "list expected: write `dirs = [ a b c ]` on one line",
+                line_span(ctx.file, line),
+                help="`[` and `]` are words of their own, separated by blanks",
+            )
+        )
+    return tuple(words[1 : words.index("]", 1)])
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _statements(
+    ctx: _Ctx, table: dict[str, Keyword], lines: list[Line], fields: dict[str, Any]
+) -> dict[str, Span]:
+    """Apply statements in order to ``fields``; returns keyword -> span of its line."""
+    spans: dict[str, Span] = {}
+    seen: dict[str, int] = {}
+    for line in lines:
+        kw = table[line.words[0]]
+        try:
+            if kw.extension:
+                ctx.extension(line, 0, f"`{kw.name}` inside a block")
+            value = _value(ctx, kw, line)
+        except _Bad as bad:
+            ctx.diags.append(bad.diag)
+            continue
+        name = kw.name
+        if name in seen:
+            ctx.diags.append(
+                make(
+                    codes.DUPLICATE_KEY,
+                    f"`{name}` is set again; the value on line {seen[name]} is overridden",
+                    word_span(ctx.file, line, 0),
+                    help="piranha keeps the last value; remove one of the lines",
+                )
+            )
+        seen[name] = line.number
+        spans[name] = line_span(ctx.file, line)
+        if kw.kind is Kind.HOST_DEVICE and name == "address":
+            fields["address"] = value.address
+            fields["device"] = value.device
+        elif kw.kind is Kind.QSTRING:
+            fields[name] = value
+            quoted = fields.setdefault("single_quoted", set())
+            if line.quote(2) == "'":
+                quoted.add(name)
+            else:
+                quoted.discard(name)
+        elif value == _UNSET_MASK.get(name):
+            fields[name] = None  # piranha's spelling of "no mask"
+        else:
+            fields[name] = value
+    return spans
+
+
+def _service(ctx: _Ctx, block: Block) -> VirtualService:
+    fields: dict[str, Any] = {"name": block.name}
+    lines: list[Line] = []
+    servers: list[RealServer] = []
+    # Statements apply in order; a server block takes the virtual's port as it is
+    # when the block starts (piranha's ordering trap), so flush pending lines first.
+    spans: dict[str, Span] = {}
+    for item in block.items:
+        if isinstance(item, Block):
+            spans.update(_statements(ctx, VIRTUAL, lines, fields))
+            lines = []
+            servers.append(_server(ctx, item, fields.get("port", 80)))
+        else:
+            lines.append(item)
+    spans.update(_statements(ctx, VIRTUAL, lines, fields))
+    _unclosed(ctx, block)
+    fields["single_quoted"] = frozenset(fields.get("single_quoted", ()))
+    fields["servers"] = tuple(servers)
+    cls = FailoverService if block.kind == "failover" else VirtualService
+    return cls(**fields, span=line_span(ctx.file, block.header), spans=spans)
+
+
+def _server(ctx: _Ctx, block: Block, port: int) -> RealServer:
+    fields: dict[str, Any] = {"name": block.name, "port": port}
+    lines = [i for i in block.items if isinstance(i, Line)]
+    spans = _statements(ctx, SERVER, lines, fields)
+    _unclosed(ctx, block)
+    return RealServer(**fields, span=line_span(ctx.file, block.header), spans=spans)
+
+
+def _unclosed(ctx: _Ctx, block: Block) -> None:
+    if block.unclosed_at_eof:
+        ctx.diags.append(
+            make(
+                codes.UNCLOSED_BLOCK,
+                f"`{block.kind} {block.name}` is not closed before the end of the file",
+                line_span(ctx.file, block.header),
+                help="add `}` on a line of its own; piranha 0.8.6 accepts the file, 0.5 rejects it",
+            )
+        )
+
+
+def lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, list[Diagnostic]]:
+    """Build the model from the parsed blocks; never raises on bad values."""
+    ctx = _Ctx(file, dialect)
+    fields: dict[str, Any] = {}
+    lines: list[Line] = []
+    virtuals: list[VirtualService] = []
+    failovers: list[FailoverService] = []
+    for item in syntax.items:
+        if isinstance(item, Block):
+            svc = _service(ctx, item)
+            if isinstance(svc, FailoverService):
+                failovers.append(svc)
+            else:
+                virtuals.append(svc)
+        else:
+            lines.append(item)
+    spans = _statements(ctx, GLOBAL, lines, fields)
+    # piranha: with `primary` but no `primary_private`, both private addresses
+    # default to the public ones (lvsconfig.c, end of lvsParseConfig).
+    if "primary" in fields and "primary_private" not in fields:
+        fields["primary_private"] = fields["primary"]
+        fields["backup_private"] = fields.get("backup")
+    # a virtual's own `network` equal to the global one says nothing more
+    network = fields.get("network", Network.NAT)
+    virtuals = [replace(v, network=None) if v.network is network else v for v in virtuals]
+    config = Config(
+        **fields,
+        virtuals=tuple(virtuals),
+        failovers=tuple(failovers),
+        file=file,
+        spans=spans,
+    )
+    return config, ctx.diags

@@ -1,0 +1,1 @@
+"""Dataplanes driven declaratively from the model: kernel IPVS (netlink) and XDP."""

@@ -1,0 +1,1 @@
+"""The lvs-router daemon: health checks (nanny), director (lvsd), heartbeat (pulse), VIPs."""
