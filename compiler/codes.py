@@ -49,3 +49,6 @@ BAD_PMASK = register(
 EXTENSION = register(
     "LVS301", "extension-not-in-piranha", N, "an extended-dialect feature piranha would reject"
 )
+NEWER_THAN_DIALECT = register(
+    "LVS302", "newer-than-piranha-0.5", E, "a keyword or value piranha 0.5.x does not know"
+)

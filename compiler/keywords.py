@@ -44,6 +44,11 @@ class Keyword:
     extension: bool = False
 
     @property
+    def in_piranha_05(self) -> bool:
+        """Known to piranha 0.5.x (2001): the keywords that predate July 2001."""
+        return self.since in ("0.4", "2000-08")
+
+    @property
     def arity(self) -> int:
         return 2 if self.kind is Kind.HOST_DEVICE else 1
 
@@ -53,6 +58,7 @@ def _table(*kws: Keyword) -> dict[str, Keyword]:
 
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh")
+SCHEDULERS_05 = ("rr", "wrr", "lc", "wlc")  # lblc, lblcr, dh, sh arrived in July 2001
 EXT_SCHEDULERS = ("sed", "nq", "fo", "ovf", "mh")
 
 GLOBAL = _table(

@@ -18,7 +18,7 @@ from typing import Any
 
 from . import codes
 from .diagnostics import Diagnostic, Severity, make
-from .keywords import GLOBAL, SERVER, VIRTUAL, Keyword, Kind
+from .keywords import GLOBAL, SCHEDULERS_05, SERVER, VIRTUAL, Keyword, Kind
 from .lexer import Line, line_span, word_span
 from .model import (
     Config,
@@ -101,9 +101,21 @@ class _Ctx:
     dialect: Dialect
     diags: list[Diagnostic] = field(default_factory=list)
 
+    def too_new(self, line: Line, index: int, what: str, since: str) -> _Bad:
+        """A piranha 0.5 rejection: the 2001 parser predates ``what``."""
+        return _Bad(
+            make(
+                codes.NEWER_THAN_DIALECT,
+                f"unknown command: {what} arrived after piranha 0.5 ({since}); "
+                "the 0.5 parser rejects the file here",
+                word_span(self.file, line, index),
+                help="use --dialect piranha for piranha 0.8.x routers",
+            )
+        )
+
     def extension(self, line: Line, index: int, what: str) -> None:
         """Record use of an extended-dialect feature: a note, or an error in piranha mode."""
-        if self.dialect is Dialect.PIRANHA:
+        if self.dialect.strict:
             raise _Bad(
                 make(
                     codes.EXTENSION,
@@ -290,7 +302,12 @@ def _int(ctx: _Ctx, line: Line, index: int, name: str) -> int:
 def _choice(ctx: _Ctx, kw: Keyword, line: Line) -> Any:
     tok = line.words[2]
     if tok in kw.choices:
-        pass
+        if (
+            ctx.dialect is Dialect.PIRANHA_05
+            and kw.name == "scheduler"
+            and tok not in SCHEDULERS_05
+        ):
+            raise ctx.too_new(line, 2, f"`scheduler = {tok}`", "2001-07")
     elif tok in kw.ext_choices:
         ctx.extension(line, 2, f"`{kw.name} = {tok}`")
     else:
@@ -372,11 +389,14 @@ def _statements(
     """Apply statements in order to ``fields``; returns keyword -> span of its line."""
     spans: dict[str, Span] = {}
     seen: dict[str, int] = {}
+    dialect_05 = ctx.dialect is Dialect.PIRANHA_05
     for line in lines:
         kw = table[line.words[0]]
         try:
             if kw.extension:
                 ctx.extension(line, 0, f"`{kw.name}` inside a block")
+            elif dialect_05 and not kw.in_piranha_05:
+                raise ctx.too_new(line, 0, f"`{kw.name}`", kw.since)
             value = _value(ctx, kw, line)
         except _Bad as bad:
             ctx.diags.append(bad.diag)
@@ -447,6 +467,7 @@ def _unclosed(ctx: _Ctx, block: Block) -> None:
                 codes.UNCLOSED_BLOCK,
                 f"`{block.kind} {block.name}` is not closed before the end of the file",
                 line_span(ctx.file, block.header),
+                severity=Severity.ERROR if ctx.dialect is Dialect.PIRANHA_05 else None,
                 help="add `}` on a line of its own; piranha 0.8.6 accepts the file, 0.5 rejects it",
             )
         )

@@ -21,10 +21,18 @@ from .source import Span
 
 
 class Dialect(Enum):
-    """``piranha``: exactly what piranha 0.8.6 accepts. ``extended``: a noted superset."""
+    """``piranha``: exactly what piranha 0.8.6 accepts; ``piranha-0.5``: what the 0.5.x
+    parser of 2001 accepts (fewer keywords and schedulers); ``extended``: a superset
+    whose extensions are reported as notes."""
 
     PIRANHA = "piranha"
+    PIRANHA_05 = "piranha-0.5"
     EXTENDED = "extended"
+
+    @property
+    def strict(self) -> bool:
+        """A piranha dialect: extensions are errors, not notes."""
+        return self is not Dialect.EXTENDED
 
 
 class ServiceType(Enum):
