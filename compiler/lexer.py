@@ -40,9 +40,12 @@ _BLOCK_TERMINALS = {"virtual": "VIRTUAL", "failover": "FAILOVER", "server": "SER
 class QuoteError(Exception):
     """A word opened a quote that the line never closes (piranha's BADQUOTING)."""
 
-    def __init__(self, col: int) -> None:
+    def __init__(self, col: int, closed_before_blank: bool = False) -> None:
         super().__init__(col)
         self.col = col
+        # the word did close (`"abc"`), but blanks followed it: piranha searches for
+        # the closing quote from the first blank on, so this is still a mismatch
+        self.closed_before_blank = closed_before_blank
 
 
 @dataclass(slots=True)
@@ -99,12 +102,13 @@ def tokenize(s: str) -> tuple[list[str], list[str] | None, list[int]]:
         if q:
             any_quote = True
             start = i + 1
+            first_blank = end
             while end < n and s[end] != q:
                 end += 1
             if end < n:
                 end += 1  # past the closing quote
             if end <= start or s[end - 1] != q:
-                raise QuoteError(i + 1)
+                raise QuoteError(i + 1, first_blank > start and s[first_blank - 1] == q)
             words.append(s[start : end - 1])
         else:
             words.append(s[i:end])
@@ -190,13 +194,23 @@ class LineLexer(Lexer):
                     words, quotes, _ = tokenize(body)
                 except QuoteError as err:
                     col = indent + err.col
+                    if err.closed_before_blank:
+                        hint = (
+                            "piranha looks for the closing quote from the first blank after "
+                            "the opening one: a quoted value without blanks must end its line "
+                            "(remove what follows, including trailing blanks)"
+                        )
+                    else:
+                        hint = (
+                            "lvs.cf has no escapes; a value cannot contain its own "
+                            "quote character (use the other quote, ' or \")"
+                        )
                     diags.append(
                         make(
                             codes.BAD_QUOTING,
                             "quotation mismatch: the quote opened here is not closed on this line",
                             Span(file, number, col, col + 1),
-                            help="lvs.cf has no escapes; a value cannot contain its own "
-                            "quote character (use the other quote, ' or \")",
+                            help=hint,
                         )
                     )
                     continue
