@@ -1,6 +1,10 @@
 """Emitters: pure functions from the model to text.
 
-``TARGETS`` maps each ``lvs-compile emit --target`` name to its function.
+``TARGETS`` maps each ``lvs-compile emit --target`` name to its function. An emitter
+returns the whole text or raises :class:`EmitError` when the model asks for something
+its target format cannot say (a host name where ipvsadm needs an address, a value
+lvs.cf cannot quote); it never raises anything else for a model that compiled
+without errors.
 """
 
 from __future__ import annotations
@@ -8,12 +12,47 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..model import Config
+from ..source import Span
 
 Emitter = Callable[[Config], str]
 TARGETS: dict[str, Emitter] = {}
 
 
-def _load() -> None:
-    from . import json
+class EmitError(Exception):
+    """The model cannot be written in the target format.
 
-    TARGETS.update({"json": json.emit})
+    Carries what a diagnostic would: a message, the span of the lvs.cf line that
+    asks for the impossible (when known) and a ``help`` line. :meth:`render` gives
+    the text the CLI prints, ``FILE:LINE:COL: error: MESSAGE`` and ``= help: ...``.
+    """
+
+    def __init__(
+        self, target: str, message: str, span: Span | None = None, help: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.target = target
+        self.message = message
+        self.span = span
+        self.help = help
+
+    def render(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        lines = [f"{where}error: cannot emit {self.target}: {self.message}"]
+        if self.help:
+            lines.append(f"  = help: {self.help}")
+        return "\n".join(lines) + "\n"
+
+
+def emit(target: str, config: Config) -> str:
+    """Run one emitter by its target name (``KeyError`` for an unknown target)."""
+    _load()
+    return TARGETS[target](config)
+
+
+def _load() -> None:
+    from . import ipvsadm, json, lvscf
+
+    TARGETS.update({"ipvsadm": ipvsadm.emit, "json": json.emit, "lvs.cf": lvscf.emit})
+
+
+__all__ = ["TARGETS", "EmitError", "Emitter", "emit"]
