@@ -92,7 +92,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _emit(args: argparse.Namespace) -> int:
-    from .emit import TARGETS
+    from .emit import TARGETS, EmitError
 
     results = _load_all([args.file], Dialect(args.dialect))
     if results is None:
@@ -103,11 +103,23 @@ def _emit(args: argparse.Namespace) -> int:
         sys.stderr.write(render_text(shown, {result.source.name: result.source}))
         print(f"lvs-compile: {args.file} has errors; nothing emitted", file=sys.stderr)
         return EXIT_ERRORS
-    sys.stdout.write(TARGETS[args.target](result.config))
+    try:
+        text = TARGETS[args.target](result.config)
+    except EmitError as err:
+        sys.stderr.write(err.render())
+        print(f"lvs-compile: {args.file}: nothing emitted", file=sys.stderr)
+        return EXIT_ERRORS
+    sys.stdout.write(text)
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # lvs.cf is bytes to piranha: undecodable bytes travel as surrogates and must
+    # reach the terminal as the original bytes, whatever the locale's encoding
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="surrogateescape")
     args = _parser().parse_args(argv)
     try:
         return _check(args) if args.command == "check" else _emit(args)

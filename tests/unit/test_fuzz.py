@@ -195,7 +195,11 @@ def test_cli_emit_of_an_unwritable_model_is_an_error_not_a_crash(tmp_path):
         "virtual v {\n active = 1\n address = lb.example eth0:1\n"
         " server s {\n  address = 198.18.1.1\n  active = 1\n }\n}\n"
     )
-    assert run_cli(path)[-2:] == [1, 0]  # ipvsadm: error; lvs.cf: fine
+    from compiler.cli import main
+
+    with _console():
+        codes = {t: main(["emit", "--target", t, str(path)]) for t in ("ipvsadm", "lvs.cf")}
+    assert codes == {"ipvsadm": 1, "lvs.cf": 0}  # ipvsadm needs numbers; lvs.cf is fine
 
 
 def test_cli_non_utf8_input_with_a_strict_utf8_console(tmp_path):
