@@ -40,7 +40,6 @@ ZERO_ADDRESS = register("LVS107", "zero-address", E, "address must not be 0.0.0.
 BAD_IP = register("LVS108", "invalid-ip-address", E, "a literal IP address is required")
 DUPLICATE_KEY = register("LVS110", "duplicate-keyword", W, "keyword given twice; last wins")
 HOSTNAME = register("LVS111", "hostname-resolved-at-runtime", N, "a host name, not an address")
-OUT_OF_RANGE = register("LVS112", "value-out-of-range", E, "number outside the range it can have")
 BAD_PMASK = register(
     "LVS113", "invalid-pmask-ignored", W, "pmask is not an address; piranha ignores it"
 )
