@@ -8,7 +8,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the project needs: the venv module, /etc/services (port names),
 # and keepalived (the compile benchmark's baseline).
-APT_PACKAGES := python3-venv python3-pip netbase keepalived
+APT_PACKAGES := python3-venv python3-pip netbase keepalived qemu-system-x86 linux-image-amd64 ipvsadm
 
 .PHONY: test demo bench lint format setup clean apt
 
