@@ -1,8 +1,12 @@
 """``lvs-router``: the router daemon's command line.
 
-The daemon itself (``run``), dataplane ``apply``/``show`` and ``send-arp`` are being
-built issue by issue; until a command exists it is listed here as not available yet
-rather than pretending to work.
+Available: ``apply --dataplane ipvs`` (make the kernel's IPVS table what a config's
+steady state asks for, by diff, never a flush) and ``show --dataplane ipvs`` (print
+the kernel's table). The daemon itself (``run``, ``reload``, ``status``), the XDP
+dataplane and ``send-arp`` are being built issue by issue; until a command exists it
+is listed as not available yet rather than pretending to work.
+
+Exit status: 0 done, 1 the config has errors or the kernel refused, 2 usage.
 """
 
 from __future__ import annotations
@@ -10,36 +14,245 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import cmp_to_key
 
-PLANNED = {
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+NOT_YET = {
     "run": "run the router daemon (heartbeat, health checks, director)",
-    "apply": "apply a config's steady state to the IPVS or XDP dataplane once",
-    "show": "show the dataplane's table and counters",
     "reload": "make a running daemon re-read lvs.cf",
     "status": "show a running daemon's state",
     "send-arp": "send piranha-style gratuitous ARP for an address",
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvs-router",
-        description="The lvs-router daemon and dataplane tools. Not available yet in this "
-        "release: the commands below arrive with the runtime and dataplane work. "
-        "Use lvs-compile to check and compile lvs.cf today.",
-        epilog="planned commands: " + "; ".join(f"{k}: {v}" for k, v in PLANNED.items()),
+        description="The lvs-router daemon and dataplane tools. Available: `apply` and "
+        "`show` for the kernel IPVS dataplane. Not available yet in this release: "
+        + ", ".join(NOT_YET)
+        + " (they arrive with the runtime work), and the XDP dataplane.",
+        epilog="not available yet: " + "; ".join(f"{k}: {v}" for k, v in NOT_YET.items()),
     )
-    p.add_argument("command", nargs="?", choices=sorted(PLANNED), metavar="COMMAND")
-    args, _ = p.parse_known_args(argv)
-    if args.command is None:
-        p.print_help()
-        return 2
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    a = sub.add_parser(
+        "apply",
+        help="make the dataplane hold a config's steady state (a diff, never a flush)",
+        description="Compile CONFIG with lvs-compile's rules, read the kernel's IPVS table, "
+        "and apply only the operations that differ (like ipvsadm-restore, without its "
+        "flush); then read back and verify.",
+    )
+    a.add_argument("--dataplane", choices=["ipvs"], required=True)
+    a.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the operations, one per line in ipvsadm syntax, and change nothing "
+        "(without IPVS in this kernel, diff against an empty table)",
+    )
+    a.add_argument(
+        "--role",
+        choices=["master", "backup"],
+        default="master",
+        help="the sync daemon's role when the config has `syncdaemon = 1`: master on the "
+        "active router (default), backup on the standby",
+    )
+    a.add_argument(
+        "--dialect",
+        choices=["piranha", "piranha-0.5", "extended"],
+        default="extended",
+        help="the lvs.cf dialect to compile with (as lvs-compile --dialect)",
+    )
+    a.add_argument("config", metavar="CONFIG")
+
+    s = sub.add_parser("show", help="print the dataplane's table and counters")
+    s.add_argument("--dataplane", choices=["ipvs"], required=True)
+    s.add_argument(
+        "--format",
+        choices=["table", "ipvsadm"],
+        default="table",
+        help="table (default): services, real servers and counters; ipvsadm: the "
+        "`ipvsadm-save -n` text",
+    )
+
+    for name, what in NOT_YET.items():
+        sub.add_parser(name, help=f"(not available yet) {what}")
+    return p
+
+
+# --------------------------------------------------------------------------- apply
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from compiler import Dialect, compile_file
+    from compiler.diagnostics import Severity, render_text
+    from compiler.emit import EmitError
+    from dataplane.reconcile import IPVSState, SyncState, desired_state, reconcile
+
+    try:
+        result = compile_file(args.config, Dialect(args.dialect))
+    except OSError as err:
+        print(f"lvs-router: cannot read {args.config}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    if not result.ok:
+        shown = [d for d in result.diagnostics if d.severity is not Severity.NOTE]
+        sys.stderr.write(render_text(shown, {result.source.name: result.source}))
+        print(f"lvs-router: {args.config} has errors; nothing applied", file=sys.stderr)
+        return EXIT_ERRORS
+    role = SyncState.MASTER if args.role == "master" else SyncState.BACKUP
+    try:
+        desired = desired_state(result.config, role=role)
+    except EmitError as err:
+        sys.stderr.write(err.render().replace("cannot emit ipvsadm", "cannot apply to IPVS"))
+        print(f"lvs-router: {args.config}: nothing applied", file=sys.stderr)
+        return EXIT_ERRORS
+
+    from dataplane.ipvs import IPVSError, IPVSKernel, IPVSUnavailable, converge
+
+    try:
+        kernel = IPVSKernel()
+    except IPVSUnavailable as err:
+        if not args.dry_run:
+            print(f"lvs-router: {err}", file=sys.stderr)
+            return EXIT_ERRORS
+        print(f"lvs-router: {err}; dry run against an empty IPVS table", file=sys.stderr)
+        for op in reconcile(desired, IPVSState()):
+            print(op)
+        return EXIT_OK
+    except IPVSError as err:
+        print(f"lvs-router: {err}", file=sys.stderr)
+        return EXIT_ERRORS
+    with kernel:
+        if args.dry_run:
+            for op in reconcile(desired, kernel.read().state):
+                print(op)
+            return EXIT_OK
+        try:
+            ops = converge(kernel, desired)
+        except IPVSError as err:
+            applied = getattr(err, "applied", ())
+            for op in applied:
+                print(op)
+            print(f"lvs-router: {err}", file=sys.stderr)
+            return EXIT_ERRORS
+    for op in ops:
+        print(op)
     print(
-        f"lvs-router {args.command}: not available yet in this release "
-        f"({PLANNED[args.command]}); see lvs-compile for config checking",
+        f"lvs-router: {args.config}: {len(ops)} operation(s) applied, table verified"
+        if ops
+        else f"lvs-router: {args.config}: the kernel already holds this state",
         file=sys.stderr,
     )
-    return 2
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- show
+
+
+def _ordered(services):
+    # the order ipvsadm-save prints, as the ipvsadm emitter sorts (libipvs's comparators)
+    from compiler.emit.ipvsadm import _cmp_dests, _cmp_services
+
+    out = []
+    for svc in sorted(services, key=cmp_to_key(_cmp_services)):
+        dests = tuple(sorted(svc.destinations, key=cmp_to_key(_cmp_dests)))
+        out.append(
+            svc.__class__(**{**{f: getattr(svc, f) for f in svc.__slots__}, "destinations": dests})
+        )
+    return out
+
+
+def _show(args: argparse.Namespace) -> int:
+    from dataplane.ipvs import IPVSError, IPVSKernel
+
+    try:
+        with IPVSKernel() as kernel:
+            seen = kernel.read()
+    except IPVSError as err:
+        print(f"lvs-router: {err}", file=sys.stderr)
+        return EXIT_ERRORS
+    services = _ordered(seen.state.services)
+    if args.format == "ipvsadm":
+        from compiler.emit.ipvsadm import lines
+
+        sys.stdout.write("".join(line + "\n" for svc in services for line in lines(svc)))
+        return EXIT_OK
+    _rich_table(seen, services)
+    return EXIT_OK
+
+
+def _rich_table(seen, services) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from compiler.emit.ipvsadm import addrport
+    from dataplane.ipvs import Stats
+    from dataplane.reconcile import dest_key, service_key
+
+    t = Table(title="IPVS (kernel)", show_lines=False)
+    for col in ("service", "scheduler", "real server", "forward", "weight"):
+        t.add_column(col)
+    for col in ("active", "inactive", "conns", "in pkts", "out pkts"):
+        t.add_column(col, justify="right")
+    fwd = {"nat": "Masq", "direct": "Route", "tunnel": "Tunnel"}
+    for svc in services:
+        key = service_key(svc)
+        st = seen.stats.get(key, Stats())
+        sched = svc.scheduler
+        if svc.persistent:
+            sched += f" persistent {svc.persistent}"
+            if svc.pmask is not None:
+                sched += f" mask {svc.pmask}"
+        t.add_row(
+            svc.key, sched, "", "", "", "", "", str(st.conns), str(st.inpkts), str(st.outpkts)
+        )
+        for d in svc.destinations:
+            ds = seen.stats.get((key, dest_key(d)), Stats())
+            t.add_row(
+                "",
+                "",
+                addrport(d.address, d.port),
+                fwd[d.forwarding.value],
+                str(d.weight),
+                str(ds.active_conns),
+                str(ds.inactive_conns),
+                str(ds.conns),
+                str(ds.inpkts),
+                str(ds.outpkts),
+            )
+    # piped output is not cut to 80 columns: addresses must stay whole for grep
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    console.print(t)
+    tm = seen.state.timeouts
+    if tm is not None:
+        console.print(f"timeouts (tcp tcpfin udp): {tm.tcp} {tm.tcpfin} {tm.udp}")
+    for d in seen.state.daemons or ():
+        console.print(f"{d.state.word} sync daemon (mcast-interface {d.iface}, syncid {d.syncid})")
+    for note in seen.unmanaged:
+        console.print(f"not managed: {note}")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.command is None:
+        p.print_help()
+        return EXIT_USAGE
+    if args.command in NOT_YET:
+        print(
+            f"lvs-router {args.command}: not available yet in this release "
+            f"({NOT_YET[args.command]})",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    try:
+        return _apply(args) if args.command == "apply" else _show(args)
+    except BrokenPipeError:
+        return EXIT_OK
 
 
 if __name__ == "__main__":
