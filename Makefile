@@ -7,12 +7,24 @@ VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the project needs: the venv module, /etc/services (port names),
-# and keepalived (the compile benchmark's baseline).
-APT_PACKAGES := python3-venv python3-pip netbase keepalived qemu-system-x86 linux-image-amd64 ipvsadm
+# and keepalived (the compile benchmark's baseline); bcc, kernel headers, iproute2,
+# ethtool and tcpdump for the XDP dataplane and its tests.
+APT_PACKAGES := python3-venv python3-pip netbase keepalived qemu-system-x86 linux-image-amd64 ipvsadm python3-bpfcc linux-headers-amd64 iproute2 ethtool tcpdump
 
-.PHONY: test demo bench lint format setup clean apt
+.PHONY: test demo bench lint format setup clean apt bpfenv
 
-setup: $(STAMP)
+setup: $(STAMP) bpfenv
+
+# bcc compiles against /lib/modules/$(uname -r)/build; the running kernel ships no
+# headers, so point build/source at Debian's linux-headers (UAPI is all XDP needs),
+# and mount bpffs for pinning. Idempotent.
+bpfenv: | apt
+	@k=$$(uname -r); hdr=$$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -1); \
+	common=$$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -1); \
+	if [ -n "$$hdr" ] && [ ! -e /lib/modules/$$k/build/include ]; then \
+	  mkdir -p /lib/modules/$$k && ln -sfn $$hdr /lib/modules/$$k/build && \
+	  ln -sfn $$common /lib/modules/$$k/source && echo "bpfenv: headers $$hdr"; fi; \
+	mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -39,7 +51,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: $(STAMP) lint
+test: $(STAMP) bpfenv lint
 	$(VENV)/bin/pytest -q
 
 demo: $(STAMP)

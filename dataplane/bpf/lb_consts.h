@@ -1,0 +1,57 @@
+/* lb_consts.h: every size, flag and counter slot of the XDP load balancer.
+ * Sizes sit behind #ifndef so the loader (or a test) can pass -D; the Python side
+ * reads the same numbers from dataplane.bpf.render.Sizes, never from a copy. */
+
+#ifndef MAX_SERVICES
+#define MAX_SERVICES 64        /* virtual services (and Maglev tables) */
+#endif
+#ifndef MAX_REALS
+#define MAX_REALS 1024         /* real-server entries; index 0 is never used */
+#endif
+#ifndef RING_SIZE
+#define RING_SIZE 65537        /* Maglev table size per service: a prime */
+#endif
+#ifndef CT_SIZE
+#define CT_SIZE 262139         /* connection-tracking LRU entries (not a power of two) */
+#endif
+#ifndef PERSIST_SIZE
+#define PERSIST_SIZE 65521     /* persistence templates */
+#endif
+#ifndef MAX_TUNNEL_FRAME
+#define MAX_TUNNEL_FRAME 1514  /* largest frame after IPIP encapsulation */
+#endif
+#ifndef HASH_SEED
+#define HASH_SEED 0x4c565321u  /* same on every router: same real for the same flow */
+#endif
+#define PERSIST_REFRESH_NS 1000000000ull /* templates are refreshed at most once a second */
+
+/* helpers return an XDP verdict, or this to say "keep going" */
+#define FURTHER_PROCESSING -1
+
+/* struct service.flags */
+#define SVC_F_TUNNEL   (1u << 0) /* IPIP to the real server; otherwise direct routing */
+#define SVC_F_PERSIST  (1u << 1) /* persistence templates by masked source address */
+#define SVC_F_HASH_SRC (1u << 2) /* sh: the table is indexed by the source address */
+#define SVC_F_HASH_DST (1u << 3) /* dh: the table is indexed by the destination address */
+
+/* struct real.flags */
+#define REAL_F_FAILED   (1u << 0) /* taken out: its tracked flows are rescheduled */
+#define REAL_F_QUIESCED (1u << 1) /* weight 0: keeps its flows, gets no new ones */
+
+/* global_stats slots (per-CPU u64) */
+#define G_PASS_NOT_IPV4     0  /* truncated Ethernet, VLAN-tagged, ARP, IPv6, ... */
+#define G_PASS_BAD_IPV4     1  /* truncated or invalid IPv4 header: the stack drops it */
+#define G_PASS_NOT_VIP      2  /* not for a virtual service (address, protocol or port) */
+#define G_DROP_FRAGMENT     3  /* fragment of a packet to a VIP */
+#define G_DROP_IP_OPTIONS   4  /* IPv4 options on a packet to a VIP */
+#define G_DROP_BAD_L4       5  /* truncated TCP/UDP header, TCP data offset < 5 */
+#define G_DROP_NO_REAL      6  /* the service has no real server that can take it */
+#define G_DROP_TOO_BIG      7  /* would exceed MAX_TUNNEL_FRAME after encapsulation */
+#define G_DROP_ENCAP        8  /* bpf_xdp_adjust_head failed */
+#define G_TX                9  /* forwarded (XDP_TX) */
+#define G_CT_HIT            10 /* packet of a tracked flow */
+#define G_CT_MISS_NON_SYN   11 /* mid-flow packet without state (restart, LRU eviction) */
+#define G_RESCHEDULED       12 /* tracked flow whose real server failed or changed */
+#define G_PERSIST_HIT       13 /* new flow sent by a persistence template */
+#define G_DROP_UNSUPPORTED  14 /* service asks for a feature this build left out */
+#define GLOBAL_COUNTERS     16

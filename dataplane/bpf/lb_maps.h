@@ -1,0 +1,14 @@
+/* lb_maps.h: map definitions and nothing else. LB_MAP (from lb.bpf.c.j2) pins a map
+ * under the pin directory when the loader asks for it, so that a new program, or a
+ * restarted daemon, adopts the maps (and the tracked flows) of the old one. */
+
+LB_MAP("hash", struct service_key, struct service, services, MAX_SERVICES, 0);
+LB_MAP("hash", struct vip_key, __u32, vips, MAX_SERVICES, 0);
+LB_MAP("array", __u32, struct real, reals, MAX_REALS, 0);
+LB_MAP("array", __u32, __u32, rings, MAX_SERVICES * RING_SIZE, 0);
+LB_MAP("lru_hash", struct flow_key, struct flow_state, conntrack, CT_SIZE, BPF_F_NO_COMMON_LRU);
+LB_MAP("lru_hash", struct persist_key, struct persist_state, persist, PERSIST_SIZE, 0);
+LB_MAP("array", __u32, struct lb_globals, globals, 1, 0);
+LB_MAP("percpu_array", __u32, struct counters, service_stats, MAX_SERVICES, 0);
+LB_MAP("percpu_array", __u32, struct counters, real_stats, MAX_REALS, 0);
+LB_MAP("percpu_array", __u32, __u64, global_stats, GLOBAL_COUNTERS, 0);

@@ -1,0 +1,71 @@
+/* lb_structs.h: the structs shared by the program and dataplane/maps.py.
+ * Network byte order is in the field types (__be32/__be16); padding is explicit so
+ * that sizes match the ctypes layouts, which maps.py checks against bcc at load. */
+
+struct service_key {          /* services: (VIP, port, protocol); port 0 = all ports */
+    __be32 vip;
+    __be16 port;
+    __u8 proto;
+    __u8 pad;
+};
+
+struct service {
+    __u32 index;              /* row in rings, service_stats */
+    __u32 flags;              /* SVC_F_* */
+    __u32 persist_s;          /* persistence timeout in seconds (SVC_F_PERSIST) */
+    __be32 pmask;             /* persistence netmask applied to the source address */
+};
+
+struct vip_key {              /* vips: is this (address, protocol) a VIP at all? */
+    __be32 vip;
+    __u8 proto;
+    __u8 pad[3];
+};
+
+struct real {
+    __be32 addr;              /* real server address (tunnel destination) */
+    __u8 mac[6];              /* next hop: the real server itself for direct routing */
+    __u16 flags;              /* REAL_F_* */
+};
+
+struct flow_key {
+    __be32 saddr;
+    __be32 daddr;
+    __be16 sport;
+    __be16 dport;
+    __u8 proto;
+    __u8 pad[3];
+};
+
+struct flow_state {
+    __u32 real;               /* index in reals */
+    __be32 addr;              /* that real's address when chosen: stale if it changed */
+};
+
+struct persist_key {
+    __u32 service;
+    __be32 client;            /* source address & pmask */
+};
+
+struct persist_state {
+    __u32 real;
+    __be32 addr;
+    __u64 last_ns;            /* bpf_ktime_get_ns() of the client's last packet */
+};
+
+struct counters {
+    __u64 packets;
+    __u64 bytes;
+    __u64 new_flows;
+};
+
+struct lb_globals {
+    __be32 tunnel_src;        /* outer source of IPIP packets ... */
+    __be32 tunnel_src_vary;   /* ... with these bits taken from the flow hash (RSS) */
+};
+
+struct packet {               /* what parsing found; not shared with Python */
+    struct flow_key flow;
+    __u32 len;
+    __u8 tcp_flags;
+};

@@ -1,0 +1,50 @@
+"""Render the XDP program's C text from a :class:`dataplane.plan.Plan` (pure)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from ..plan import Plan
+
+HERE = Path(__file__).resolve().parent
+HEADERS = ("lb_consts.h", "lb_structs.h", "lb_maps.h", "parsing.h", "scheduling.h", "encap.h")
+PIN_DIR = "/sys/fs/bpf/lvs-router"
+
+
+@cache
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    return env.get_template("lb.bpf.c.j2")
+
+
+@cache
+def _headers() -> dict[str, str]:
+    return {name: (HERE / name).read_text() for name in HEADERS}
+
+
+def render(
+    plan: Plan,
+    *,
+    pin_dir: str | None = None,
+    source: str | None = None,
+    features: frozenset[str] | None = None,
+) -> str:
+    """The program for ``plan``: its sizes and features (or ``features``, to build one
+    program that serves several plans), maps pinned under ``pin_dir`` if given."""
+    return _template().render(
+        sizes=plan.sizes.defines(),
+        features=sorted(plan.features if features is None else features),
+        pin_dir=pin_dir,
+        source=source,
+        headers=_headers(),
+    )

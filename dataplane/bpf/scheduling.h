@@ -1,0 +1,163 @@
+/* scheduling.h: choosing the real server of a packet.
+ *   1. a tracked flow (conntrack) keeps its real server unless that server failed;
+ *      a SYN always starts a new flow;
+ *   2. persistent services: a live template for the masked source address wins;
+ *   3. otherwise the service's Maglev table, indexed by a hash of the 5-tuple
+ *      (rr/wrr and the approximated schedulers), of the source address (sh, and
+ *      persistent services) or of the destination address (dh).
+ * Tables and flags come from userspace; BPF only looks things up. */
+
+LB_INLINE __u32 rotl32(__u32 x, int r)
+{
+    return (x << r) | (x >> (32 - r));
+}
+
+LB_INLINE __u32 hash_step(__u32 h, __u32 k)
+{
+    k *= 0xcc9e2d51u;
+    k = rotl32(k, 15);
+    k *= 0x1b873593u;
+    h ^= k;
+    h = rotl32(h, 13);
+    return h * 5 + 0xe6546b64u;
+}
+
+LB_INLINE __u32 hash_final(__u32 h)
+{
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+LB_INLINE __u32 flow_hash(const struct flow_key *f)
+{
+    __u32 h = hash_step(HASH_SEED, f->saddr);
+    h = hash_step(h, f->daddr);
+    h = hash_step(h, ((__u32)f->sport << 16) | f->dport);
+    return hash_final(hash_step(h, f->proto));
+}
+
+LB_INLINE __u32 addr_hash(__be32 addr)
+{
+    return hash_final(hash_step(HASH_SEED, addr));
+}
+
+LB_INLINE bool real_usable(const struct real *r, __be32 addr)
+{
+    return r && r->addr && r->addr == addr && !(r->flags & REAL_F_FAILED);
+}
+
+/* the Maglev slot for this packet: 0 when the table is empty */
+LB_INLINE __u32 table_lookup(const struct service *svc, const struct packet *p, __u32 h)
+{
+    __u32 slot = svc->index * RING_SIZE + h % RING_SIZE;
+    __u32 *id = rings.lookup(&slot);
+    return id ? *id : 0;
+}
+
+LB_INLINE __u32 schedule_hash(const struct service *svc, const struct packet *p)
+{
+    if (feature_sh() && (svc->flags & SVC_F_HASH_SRC))
+        return addr_hash(p->flow.saddr);
+    if (feature_dh() && (svc->flags & SVC_F_HASH_DST))
+        return addr_hash(p->flow.daddr);
+    return flow_hash(&p->flow);
+}
+
+/* Fills id and r with the chosen real server; returns FURTHER_PROCESSING or a verdict. */
+LB_INLINE int choose_real(const struct service *svc, const struct packet *p,
+                          __u32 *id, struct real **r, bool *new_flow)
+{
+    struct flow_state *st = 0;
+    if (!is_syn(p))
+        st = conntrack.lookup((struct flow_key *)&p->flow);
+    if (st) {
+        __u32 cid = st->real;
+        struct real *cr = reals.lookup(&cid);
+        if (real_usable(cr, st->addr)) {
+            count(G_CT_HIT);
+            *id = cid;
+            *r = cr;
+            *new_flow = false;
+            return FURTHER_PROCESSING;
+        }
+        count(G_RESCHEDULED);
+    } else if (p->flow.proto == IPPROTO_TCP && !is_syn(p)) {
+        count(G_CT_MISS_NON_SYN);
+    }
+
+    __u32 chosen = 0;
+    struct real *cr = 0;
+    if (feature_persist() && (svc->flags & SVC_F_PERSIST)) {
+        struct persist_key pk = {.service = svc->index, .client = p->flow.saddr & svc->pmask};
+        struct persist_state *ps = persist.lookup(&pk);
+        __u64 now = bpf_ktime_get_ns();
+        if (ps && now - ps->last_ns < (__u64)svc->persist_s * 1000000000ull) {
+            __u32 pid = ps->real;
+            struct real *pr = reals.lookup(&pid);
+            if (real_usable(pr, ps->addr) && !(pr->flags & REAL_F_QUIESCED)) {
+                chosen = pid;
+                cr = pr;
+                count(G_PERSIST_HIT);
+            }
+        }
+        if (!chosen) {
+            chosen = table_lookup(svc, p, addr_hash(pk.client));
+            cr = chosen ? reals.lookup(&chosen) : 0;
+        }
+        if (cr && cr->addr) {
+            struct persist_state fresh = {.real = chosen, .addr = cr->addr, .last_ns = now};
+            persist.update(&pk, &fresh);
+        }
+    } else {
+        chosen = table_lookup(svc, p, schedule_hash(svc, p));
+        cr = chosen ? reals.lookup(&chosen) : 0;
+    }
+    if (!cr || !cr->addr || (cr->flags & REAL_F_FAILED))
+        return verdict(G_DROP_NO_REAL, XDP_DROP);
+
+    if (!is_rst(p)) {
+        struct flow_state fresh = {.real = chosen, .addr = cr->addr};
+        conntrack.update((struct flow_key *)&p->flow, &fresh);
+    }
+    *id = chosen;
+    *r = cr;
+    *new_flow = true;
+    return FURTHER_PROCESSING;
+}
+
+/* a packet of a tracked flow keeps its client's persistence template alive */
+LB_INLINE void persist_touch(const struct service *svc, const struct packet *p,
+                             __u32 id, const struct real *r)
+{
+    if (!(feature_persist() && (svc->flags & SVC_F_PERSIST)))
+        return;
+    struct persist_key pk = {.service = svc->index, .client = p->flow.saddr & svc->pmask};
+    struct persist_state *ps = persist.lookup(&pk);
+    __u64 now = bpf_ktime_get_ns();
+    if (ps && ps->real == id && now - ps->last_ns < PERSIST_REFRESH_NS)
+        return;
+    if (ps && ps->real != id && now - ps->last_ns < (__u64)svc->persist_s * 1000000000ull)
+        return; /* the client's template points elsewhere and is alive: leave it */
+    struct persist_state fresh = {.real = id, .addr = r->addr, .last_ns = now};
+    persist.update(&pk, &fresh);
+}
+
+LB_INLINE void account(__u32 svc_index, __u32 real_id, const struct packet *p, bool new_flow)
+{
+    struct counters *c = service_stats.lookup(&svc_index);
+    if (c) {
+        c->packets += 1;
+        c->bytes += p->len;
+        c->new_flows += new_flow;
+    }
+    c = real_stats.lookup(&real_id);
+    if (c) {
+        c->packets += 1;
+        c->bytes += p->len;
+        c->new_flows += new_flow;
+    }
+}

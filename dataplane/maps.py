@@ -1,0 +1,294 @@
+"""Typed access to the XDP program's maps: the only module that touches bcc tables.
+
+The ctypes layouts below mirror ``bpf/lb_structs.h``; :class:`LbMaps` checks at load
+time that each one has the size bcc reports for that map's key and value, so a
+struct changed on one side only fails loudly instead of corrupting the maps.
+Byte order: ``__be32``/``__be16`` fields hold network-order bytes; the helpers
+:func:`be32`/:func:`be16` convert.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import socket
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .plan import Sizes
+
+# global_stats slot names, in lb_consts.h order
+GLOBAL_COUNTERS = (
+    "pass_not_ipv4",
+    "pass_bad_ipv4",
+    "pass_not_vip",
+    "drop_fragment",
+    "drop_ip_options",
+    "drop_bad_l4",
+    "drop_no_real",
+    "drop_too_big",
+    "drop_encap",
+    "tx",
+    "ct_hit",
+    "ct_miss_non_syn",
+    "rescheduled",
+    "persist_hit",
+    "drop_unsupported",
+)
+
+
+def be32(addr: IPv4Address | int) -> int:
+    return socket.htonl(int(addr))
+
+
+def be16(port: int) -> int:
+    return socket.htons(port)
+
+
+class ServiceKey(ct.Structure):
+    _fields_ = [
+        ("vip", ct.c_uint32),
+        ("port", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8),
+    ]
+
+
+class Service(ct.Structure):
+    _fields_ = [
+        ("index", ct.c_uint32),
+        ("flags", ct.c_uint32),
+        ("persist_s", ct.c_uint32),
+        ("pmask", ct.c_uint32),
+    ]
+
+
+class VipKey(ct.Structure):
+    _fields_ = [("vip", ct.c_uint32), ("proto", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
+
+
+class Real(ct.Structure):
+    _fields_ = [("addr", ct.c_uint32), ("mac", ct.c_uint8 * 6), ("flags", ct.c_uint16)]
+
+
+class FlowKey(ct.Structure):
+    _fields_ = [
+        ("saddr", ct.c_uint32),
+        ("daddr", ct.c_uint32),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+    ]
+
+
+class FlowState(ct.Structure):
+    _fields_ = [("real", ct.c_uint32), ("addr", ct.c_uint32)]
+
+
+class PersistKey(ct.Structure):
+    _fields_ = [("service", ct.c_uint32), ("client", ct.c_uint32)]
+
+
+class PersistState(ct.Structure):
+    _fields_ = [("real", ct.c_uint32), ("addr", ct.c_uint32), ("last_ns", ct.c_uint64)]
+
+
+class Counters(ct.Structure):
+    _fields_ = [("packets", ct.c_uint64), ("bytes", ct.c_uint64), ("new_flows", ct.c_uint64)]
+
+
+class Globals(ct.Structure):
+    _fields_ = [("tunnel_src", ct.c_uint32), ("tunnel_src_vary", ct.c_uint32)]
+
+
+U32, U64 = ct.c_uint32, ct.c_uint64
+
+LAYOUTS: dict[str, tuple[Any, Any]] = {
+    "services": (ServiceKey, Service),
+    "vips": (VipKey, U32),
+    "reals": (U32, Real),
+    "rings": (U32, U32),
+    "conntrack": (FlowKey, FlowState),
+    "persist": (PersistKey, PersistState),
+    "globals": (U32, Globals),
+    "service_stats": (U32, Counters),
+    "real_stats": (U32, Counters),
+    "global_stats": (U32, U64),
+}
+
+
+class LayoutError(RuntimeError):
+    pass
+
+
+class CounterValues(NamedTuple):
+    packets: int
+    bytes: int
+    new_flows: int
+
+
+@dataclass(frozen=True, slots=True)
+class RealEntry:
+    addr: IPv4Address
+    mac: bytes
+    flags: int
+
+
+def _cast(obj: ct.Structure | ct._SimpleCData, to: type) -> Any:
+    return to.from_buffer_copy(bytes(obj))
+
+
+class LbMaps:
+    """The maps of one loaded program (a ``bcc.BPF``), with typed accessors."""
+
+    def __init__(self, bpf: Any, sizes: Sizes):
+        self._bpf = bpf
+        self.sizes = sizes
+        for name, (key, value) in LAYOUTS.items():
+            table = bpf[name.encode()]
+            leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU maps: one CPU's value
+            if ct.sizeof(table.Key) != ct.sizeof(key) or ct.sizeof(leaf) != ct.sizeof(value):
+                raise LayoutError(
+                    f"map {name}: bcc has key/value {ct.sizeof(table.Key)}/{ct.sizeof(leaf)} "
+                    f"bytes, maps.py {ct.sizeof(key)}/{ct.sizeof(value)}"
+                )
+        self._t = {name: bpf[name.encode()] for name in LAYOUTS}
+
+    # services and VIPs
+    def set_service(
+        self, vip: IPv4Address, port: int, proto: int, value: tuple[int, int, int, IPv4Address]
+    ) -> None:
+        index, flags, persist_s, pmask = value
+        t = self._t["services"]
+        key = ServiceKey(be32(vip), be16(port), proto, 0)
+        t[_cast(key, t.Key)] = _cast(Service(index, flags, persist_s, be32(pmask)), t.Leaf)
+
+    def delete_service(self, vip: IPv4Address, port: int, proto: int) -> None:
+        t = self._t["services"]
+        del t[_cast(ServiceKey(be32(vip), be16(port), proto, 0), t.Key)]
+
+    def services(self) -> dict[tuple[IPv4Address, int, int], tuple[int, int, int, IPv4Address]]:
+        out = {}
+        for k, v in self._t["services"].items():
+            key = ServiceKey.from_buffer_copy(bytes(k))
+            val = Service.from_buffer_copy(bytes(v))
+            out[(IPv4Address(socket.ntohl(key.vip)), socket.ntohs(key.port), key.proto)] = (
+                val.index,
+                val.flags,
+                val.persist_s,
+                IPv4Address(socket.ntohl(val.pmask)),
+            )
+        return out
+
+    def set_vip(self, vip: IPv4Address, proto: int, services: int) -> None:
+        t = self._t["vips"]
+        t[_cast(VipKey(be32(vip), proto), t.Key)] = t.Leaf(services)
+
+    def delete_vip(self, vip: IPv4Address, proto: int) -> None:
+        t = self._t["vips"]
+        del t[_cast(VipKey(be32(vip), proto), t.Key)]
+
+    def vips(self) -> set[tuple[IPv4Address, int]]:
+        out = set()
+        for k in self._t["vips"].keys():  # noqa: SIM118 - bcc tables are not dicts
+            key = VipKey.from_buffer_copy(bytes(k))
+            out.add((IPv4Address(socket.ntohl(key.vip)), key.proto))
+        return out
+
+    # real servers
+    def set_real(self, index: int, addr: IPv4Address | None, mac: bytes, flags: int) -> None:
+        if not 0 < index < self.sizes.max_reals:
+            raise IndexError(f"real index {index} outside 1..{self.sizes.max_reals - 1}")
+        t = self._t["reals"]
+        value = Real(be32(addr) if addr else 0, (ct.c_uint8 * 6)(*mac.ljust(6, b"\0")), flags)
+        t[t.Key(index)] = _cast(value, t.Leaf)
+
+    def real(self, index: int) -> RealEntry:
+        t = self._t["reals"]
+        v = Real.from_buffer_copy(bytes(t[t.Key(index)]))
+        return RealEntry(IPv4Address(socket.ntohl(v.addr)), bytes(v.mac), v.flags)
+
+    # Maglev tables
+    def write_ring(self, service: int, slots: np.ndarray, real_ids: np.ndarray) -> None:
+        """Write ``real_ids`` (0 = empty) at ``slots`` of the service's table, batched."""
+        if not len(slots):
+            return
+        t = self._t["rings"]
+        keys = (slots.astype(np.uint32) + np.uint32(service * self.sizes.ring_size)).astype(
+            np.uint32
+        )
+        values = np.ascontiguousarray(real_ids, dtype=np.uint32)
+        step = 65536
+        for i in range(0, len(keys), step):
+            k = np.ascontiguousarray(keys[i : i + step])
+            v = np.ascontiguousarray(values[i : i + step])
+            ck = (t.Key * len(k)).from_buffer_copy(k.tobytes())
+            cv = (t.Leaf * len(v)).from_buffer_copy(v.tobytes())
+            t.items_update_batch(ck, cv)
+
+    def ring_slot(self, service: int, slot: int) -> int:
+        t = self._t["rings"]
+        return t[t.Key(service * self.sizes.ring_size + slot)].value
+
+    # globals
+    def set_globals(self, tunnel_src: IPv4Address, vary_bits: int) -> None:
+        vary = (0xFFFFFFFF >> (32 - vary_bits)) if vary_bits else 0
+        t = self._t["globals"]
+        t[t.Key(0)] = _cast(Globals(be32(tunnel_src), be32(vary)), t.Leaf)
+
+    # state
+    def flows(self) -> dict[tuple, tuple[int, IPv4Address]]:
+        out = {}
+        for k, v in self._t["conntrack"].items():
+            key = FlowKey.from_buffer_copy(bytes(k))
+            val = FlowState.from_buffer_copy(bytes(v))
+            out[
+                (
+                    IPv4Address(socket.ntohl(key.saddr)),
+                    socket.ntohs(key.sport),
+                    IPv4Address(socket.ntohl(key.daddr)),
+                    socket.ntohs(key.dport),
+                    key.proto,
+                )
+            ] = (val.real, IPv4Address(socket.ntohl(val.addr)))
+        return out
+
+    def clear_flows(self) -> None:
+        self._t["conntrack"].clear()
+        self._t["persist"].clear()
+
+    def age_persistence(self, seconds: float) -> None:
+        """Make every persistence template ``seconds`` older (tests, operators)."""
+        t = self._t["persist"]
+        for k, v in list(t.items()):
+            val = PersistState.from_buffer_copy(bytes(v))
+            val.last_ns = max(0, val.last_ns - int(seconds * 1e9))
+            t[k] = _cast(val, t.Leaf)
+
+    # counters (per-CPU, summed here)
+    def _sum(self, name: str, index: int) -> CounterValues:
+        t = self._t[name]
+        per_cpu = t[t.Key(index)]
+        vals = [Counters.from_buffer_copy(bytes(c)) for c in per_cpu]
+        return CounterValues(
+            sum(c.packets for c in vals),
+            sum(c.bytes for c in vals),
+            sum(c.new_flows for c in vals),
+        )
+
+    def service_counters(self, index: int) -> CounterValues:
+        return self._sum("service_stats", index)
+
+    def real_counters(self, index: int) -> CounterValues:
+        return self._sum("real_stats", index)
+
+    def global_counters(self) -> dict[str, int]:
+        t = self._t["global_stats"]
+        return {name: sum(int(x) for x in t[t.Key(i)]) for i, name in enumerate(GLOBAL_COUNTERS)}
+
+    def reset_counters(self) -> None:
+        for name in ("service_stats", "real_stats", "global_stats"):
+            self._t[name].clear()

@@ -1,0 +1,315 @@
+"""What the XDP dataplane makes of an lvs.cf model: pure code, no bcc, no I/O.
+
+:func:`plan` turns a :class:`compiler.model.Config` into the services and real
+servers the XDP program serves, with their map indexes, flags and Maglev members,
+plus the compile-time features and sizes. The C renderer, the map writer, the
+``xdp``/``xdp-maps`` emitters and the tests all start from this one object.
+
+Scheduler mapping (docs/xdp.md has the full semantics):
+
+* ``rr``: Maglev table, every real server of weight > 0 counted once;
+* ``wrr``: Maglev table by weight;
+* ``sh`` / ``mh``: Maglev table by weight, indexed by the source address;
+* ``dh``: Maglev table by weight, indexed by the destination address;
+* ``lc``, ``wlc``, ``sed``, ``nq``, ``fo``, ``ovf``: approximated by ``wrr`` (``lc``
+  by ``rr``) until connection counts exist (part 2); ``lblc``/``lblcr`` by ``dh``.
+  Each approximation is reported as a note.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+from compiler.model import Config, Network, Protocol, Scheduler, VirtualService
+from compiler.source import Span
+
+from .maglev import DEFAULT_SIZE, Member
+
+# struct service.flags (lb_consts.h)
+SVC_F_TUNNEL = 1 << 0
+SVC_F_PERSIST = 1 << 1
+SVC_F_HASH_SRC = 1 << 2
+SVC_F_HASH_DST = 1 << 3
+# struct real.flags
+REAL_F_FAILED = 1 << 0
+REAL_F_QUIESCED = 1 << 1
+
+PROTO = {Protocol.TCP: 6, Protocol.UDP: 17}
+
+_HASH = {
+    Scheduler.RR: ("flow", None),
+    Scheduler.WRR: ("flow", None),
+    Scheduler.SH: ("source", None),
+    Scheduler.MH: ("source", None),
+    Scheduler.DH: ("destination", None),
+    Scheduler.LC: ("flow", "rr"),
+    Scheduler.WLC: ("flow", "wrr"),
+    Scheduler.SED: ("flow", "wrr"),
+    Scheduler.NQ: ("flow", "wrr"),
+    Scheduler.FO: ("flow", "wrr"),
+    Scheduler.OVF: ("flow", "wrr"),
+    Scheduler.LBLC: ("destination", "dh"),
+    Scheduler.LBLCR: ("destination", "dh"),
+}
+
+
+class PlanError(Exception):
+    """The model asks for something the XDP dataplane cannot do."""
+
+    def __init__(self, message: str, span: Span | None = None, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.help = help
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    """Compile-time sizes (lb_consts.h names in :meth:`defines`)."""
+
+    max_services: int = 64
+    max_reals: int = 1024
+    ring_size: int = DEFAULT_SIZE
+    ct_size: int = 262139
+    persist_size: int = 65521
+
+    def defines(self) -> list[tuple[str, int]]:
+        return [
+            ("MAX_SERVICES", self.max_services),
+            ("MAX_REALS", self.max_reals),
+            ("RING_SIZE", self.ring_size),
+            ("CT_SIZE", self.ct_size),
+            ("PERSIST_SIZE", self.persist_size),
+        ]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RealPlan:
+    index: int  # in the reals map, >= 1
+    name: str
+    address: IPv4Address
+    port: int
+    weight: int  # configured
+    table_weight: int  # what the Maglev table uses (rr: 1 for weight > 0)
+
+    @property
+    def key(self) -> str:
+        """Maglev member key: the same on every router for the same server."""
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServicePlan:
+    index: int
+    name: str
+    vip: IPv4Address
+    port: int  # 0: every port of the VIP (fwmark or port-0 persistent service)
+    proto: int
+    method: Network
+    scheduler: Scheduler
+    hash_by: str  # flow | source | destination
+    flags: int
+    persist_s: int
+    pmask: IPv4Address
+    reals: tuple[RealPlan, ...]
+    equal_weights: bool = False  # rr (and lc): every server of weight > 0 counts once
+    span: Span | None = dataclasses.field(default=None, compare=False, repr=False)
+
+    def table_weight(self, weight: int) -> int:
+        """What a real server of ``weight`` counts for in the Maglev table."""
+        return min(weight, 1) if self.equal_weights else weight
+
+    def members(self) -> list[Member]:
+        return [Member(r.key, r.table_weight) for r in self.reals]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    services: tuple[ServicePlan, ...]
+    features: frozenset[str]
+    sizes: Sizes
+    notes: tuple[str, ...] = ()
+
+    @property
+    def reals(self) -> tuple[RealPlan, ...]:
+        return tuple(r for s in self.services for r in s.reals)
+
+
+def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address:
+    if isinstance(value, IPv4Address):
+        return value
+    raise PlanError(
+        f"{what} {value} is not an IPv4 address",
+        span,
+        "the XDP dataplane serves IPv4 addresses; resolve host names in lvs.cf",
+    )
+
+
+def _service(
+    group: list[VirtualService], config: Config, index: int, first_real: int, notes: list
+) -> ServicePlan:
+    vs = group[0]  # virtuals sharing an fwmark and VIP: the first one's settings
+    span = vs.span
+    method = config.forwarding(vs)
+    if method is Network.NAT:
+        raise PlanError(
+            f"virtual {vs.name}: network = nat is not supported by the XDP dataplane yet",
+            vs.spans.get("network", span) if vs.network else config.spans.get("network", span),
+            "use network = direct or network = tunnel, or --dataplane ipvs",
+        )
+    if vs.address is None:
+        raise PlanError(f"virtual {vs.name} has no address", span)
+    vip = _ipv4(vs.address, f"virtual {vs.name}: address", span)
+    hash_by, approx = _HASH[vs.scheduler]
+    if approx:
+        notes.append(
+            f"virtual {vs.name}: scheduler {vs.scheduler.value} is approximated by "
+            f"{approx} in the XDP dataplane (no connection counts yet)"
+        )
+    port = 0 if vs.is_fwmark else vs.port
+    if vs.is_fwmark:
+        names = " and ".join(v.name for v in group)
+        notes.append(
+            f"virtual {names}: fwmark {vs.fwmark} is matched as every "
+            f"{vs.protocol.value} port of {vip}"
+        )
+    flags = SVC_F_TUNNEL if method is Network.TUNNEL else 0
+    if hash_by == "source":
+        flags |= SVC_F_HASH_SRC
+    elif hash_by == "destination":
+        flags |= SVC_F_HASH_DST
+    if vs.persistent:
+        flags |= SVC_F_PERSIST
+    equal = vs.scheduler is Scheduler.RR or approx == "rr"
+    reals: list[RealPlan] = []
+    for member in group:
+        for rs in member.servers:
+            if not rs.active:
+                continue
+            address = _ipv4(rs.address, f"server {rs.name}: address", rs.span)
+            if port and rs.port != vs.port:
+                notes.append(
+                    f"virtual {vs.name}: server {rs.name} port {rs.port} is ignored: "
+                    f"{method.value} forwarding keeps the destination port {vs.port}"
+                )
+            rport = vs.port if port else rs.port
+            if any(r.key == f"{address}:{rport}" for r in reals):
+                continue  # as in IPVS: each (RIP, port) once, the first one's weight
+            reals.append(
+                RealPlan(
+                    index=first_real + len(reals),
+                    name=rs.name,
+                    address=address,
+                    port=rport,
+                    weight=rs.weight,
+                    table_weight=min(rs.weight, 1) if equal else rs.weight,
+                )
+            )
+    return ServicePlan(
+        index=index,
+        name=vs.name,
+        vip=vip,
+        port=port,
+        proto=PROTO[vs.protocol],
+        method=method,
+        scheduler=vs.scheduler,
+        hash_by=hash_by,
+        flags=flags,
+        persist_s=vs.persistent,
+        # piranha: pmask 0.0.0.0 and 255.255.255.255 both mean "unset" (a /32)
+        pmask=vs.pmask if vs.pmask and int(vs.pmask) else IPv4Address("255.255.255.255"),
+        reals=tuple(reals),
+        equal_weights=equal,
+        span=span,
+    )
+
+
+def plan(config: Config, sizes: Sizes | None = None) -> Plan:
+    """The XDP dataplane's view of ``config`` (its active virtual services)."""
+    notes: list[str] = []
+    groups: dict[tuple, list[VirtualService]] = {}
+    for vs in config.active_virtuals:
+        if vs.address is None:
+            raise PlanError(f"virtual {vs.name} has no address", vs.span)
+        vip = _ipv4(vs.address, f"virtual {vs.name}: address", vs.span)
+        key = (vip, 0 if vs.is_fwmark else vs.port, PROTO[vs.protocol])
+        group = groups.setdefault(key, [])
+        if group and not (vs.is_fwmark and group[0].fwmark == vs.fwmark):
+            raise PlanError(
+                f"virtual {vs.name} and virtual {group[0].name} both match "
+                f"{vip} port {key[1] or 'any'} {vs.protocol.value}",
+                vs.span,
+                "fwmark and port-0 services match every port of their VIP",
+            )
+        group.append(vs)
+    services: list[ServicePlan] = []
+    next_real = 1
+    for group in groups.values():
+        svc = _service(group, config, len(services), next_real, notes)
+        services.append(svc)
+        next_real += len(svc.reals)
+    sizes = sizes or Sizes()
+    if len(services) > sizes.max_services:
+        sizes = dataclasses.replace(sizes, max_services=-(-len(services) // 64) * 64)
+    if next_real > sizes.max_reals:
+        sizes = dataclasses.replace(sizes, max_reals=-(-next_real // 1024) * 1024)
+    features = set()
+    for s in services:
+        features.add("tunnel" if s.method is Network.TUNNEL else "direct")
+        if s.flags & SVC_F_PERSIST:
+            features.add("persistence")
+        if s.flags & SVC_F_HASH_SRC:
+            features.add("sh")
+        if s.flags & SVC_F_HASH_DST:
+            features.add("dh")
+    return Plan(
+        services=tuple(services), features=frozenset(features), sizes=sizes, notes=tuple(notes)
+    )
+
+
+# The XDP program's hashes (scheduling.h), for predicting its choices: the same
+# packet gives the same number here, in BPF and on every router.
+_M32 = 0xFFFFFFFF
+HASH_SEED = 0x4C565321
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & _M32
+
+
+def _step(h: int, k: int) -> int:
+    k = (k * 0xCC9E2D51) & _M32
+    k = _rotl(k, 15)
+    k = (k * 0x1B873593) & _M32
+    h ^= k
+    h = _rotl(h, 13)
+    return (h * 5 + 0xE6546B64) & _M32
+
+
+def _final(h: int) -> int:
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & _M32
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & _M32
+    return h ^ (h >> 16)
+
+
+def _word(addr: IPv4Address) -> int:
+    return int.from_bytes(addr.packed, "little")  # a __be32 as the program loads it
+
+
+def _half(port: int) -> int:
+    return int.from_bytes(port.to_bytes(2, "big"), "little")
+
+
+def flow_hash(saddr: IPv4Address, daddr: IPv4Address, sport: int, dport: int, proto: int) -> int:
+    h = _step(HASH_SEED, _word(saddr))
+    h = _step(h, _word(daddr))
+    h = _step(h, (_half(sport) << 16) | _half(dport))
+    return _final(_step(h, proto))
+
+
+def addr_hash(addr: IPv4Address) -> int:
+    return _final(_step(HASH_SEED, _word(addr)))

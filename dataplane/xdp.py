@@ -1,0 +1,194 @@
+"""The XDP dataplane's loader: compile once with bcc, write the maps from a plan,
+attach, pin, adopt.
+
+* :class:`XdpDataplane` compiles the program rendered from a
+  :class:`~dataplane.plan.Plan` (one ``BPF()``, 0.5-3 s); its maps are pinned under
+  ``pin_dir`` (default ``/sys/fs/bpf/lvs-router``), so a new program or a restarted
+  daemon reuses them: tracked flows, persistence templates and counters survive.
+* :meth:`XdpDataplane.sync` writes the desired state: real servers (address, next-hop
+  MAC, failed/quiesced flags), Maglev tables (only the slots that change, in
+  batches), services and VIPs, in an order where no packet sees a service whose
+  table is not written yet.
+* :meth:`XdpDataplane.attach` attaches in native mode, or generic mode when native is
+  refused and ``mode="auto"`` (with a warning); attaching over a running program
+  replaces it atomically (one netlink operation), so a config change drops nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import numpy as np
+
+from . import maglev
+from .bpf.render import PIN_DIR, render
+from .libbpf import obj_pin
+from .maps import LbMaps
+from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, ServicePlan
+
+XDP_FLAGS_SKB_MODE = 1 << 1
+XDP_FLAGS_DRV_MODE = 1 << 2
+PROGRAM = "lb_ingress"
+# outer source of IPIP packets: 172.16.0.0/16 with the low 16 bits from the flow hash
+TUNNEL_SOURCE = IPv4Address("172.16.0.0")
+
+
+@dataclass(frozen=True, slots=True)
+class RealState:
+    """Run-time state of one real server (from health checks): ``failed`` takes it
+    out and reschedules its flows; ``weight`` overrides the configured weight
+    (0 = quiesced: no new flows, existing ones stay)."""
+
+    failed: bool = False
+    weight: int | None = None
+
+
+class MissingMac(ValueError):
+    def __init__(self, addresses: list[IPv4Address]):
+        self.addresses = addresses
+        super().__init__("no MAC address for real server(s) " + ", ".join(map(str, addresses)))
+
+
+def _bcc():
+    from bcc import BPF  # Debian's python3-bpfcc; imported only when loading
+
+    return BPF
+
+
+class XdpDataplane:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        pin_dir: str | None = PIN_DIR,
+        source: str | None = None,
+        features: frozenset[str] | None = None,
+    ):
+        self.plan = plan
+        self.pin_dir = pin_dir
+        if pin_dir:
+            os.makedirs(pin_dir, exist_ok=True)
+        self.text = render(plan, pin_dir=pin_dir, source=source, features=features)
+        BPF = _bcc()
+        self.bpf = BPF(text=self.text.encode())
+        self.fn = self.bpf.load_func(PROGRAM.encode(), BPF.XDP)
+        self.maps = LbMaps(self.bpf, plan.sizes)
+        self._written: dict[int, np.ndarray] = {}  # service index -> real ids written
+        self._bases: dict[tuple, np.ndarray] = {}
+
+    @property
+    def prog_fd(self) -> int:
+        return self.fn.fd
+
+    # desired state -> maps
+    def table(self, svc: ServicePlan, state: Mapping[int, RealState]) -> np.ndarray:
+        """The service's Maglev table as real indexes (0 = empty). Failed and
+        quiesced (run-time weight 0) servers are taken out of the table of the other
+        weights, so no other server's slots move."""
+        members, out = [], set()
+        for i, r in enumerate(svc.reals):
+            st = state.get(r.index, RealState())
+            weight = r.table_weight if st.weight is None else svc.table_weight(st.weight)
+            if st.failed or weight == 0:
+                out.add(i)
+                weight = r.table_weight  # keeps its configured place in the base table
+            members.append(maglev.Member(r.key, weight))
+        key = (tuple(members), self.plan.sizes.ring_size)
+        base = self._bases.get(key)
+        if base is None:
+            base = self._bases[key] = maglev.build(members, self.plan.sizes.ring_size)
+        positions = maglev.without(base, members, out) if out else base
+        ids = np.array([r.index for r in svc.reals] + [0], dtype=np.uint32)
+        return ids[positions]  # EMPTY (-1) picks the trailing 0
+
+    def sync(
+        self,
+        macs: Mapping[IPv4Address, bytes],
+        state: Mapping[int, RealState] | None = None,
+        *,
+        tunnel_source: IPv4Address = TUNNEL_SOURCE,
+        tunnel_vary_bits: int = 16,
+    ) -> None:
+        """Make the maps say what the plan and the run-time ``state`` (by real index)
+        say. ``macs`` maps each real server address to its next-hop MAC."""
+        state = state or {}
+        plan, m = self.plan, self.maps
+        missing = sorted({r.address for r in plan.reals if r.address not in macs})
+        if missing:
+            raise MissingMac(missing)
+        m.set_globals(tunnel_source, tunnel_vary_bits)
+        for r in plan.reals:
+            st = state.get(r.index, RealState())
+            weight = r.weight if st.weight is None else st.weight
+            flags = (REAL_F_FAILED if st.failed else 0) | (REAL_F_QUIESCED if weight == 0 else 0)
+            m.set_real(r.index, r.address, macs[r.address], flags)
+        for i in range(len(plan.reals) + 1, plan.sizes.max_reals):
+            if m.real(i).addr != IPv4Address(0):
+                m.set_real(i, None, b"", REAL_F_FAILED)  # stale: its flows reschedule
+        for svc in plan.services:
+            new = self.table(svc, state)
+            slots, values = maglev.diff(self._written.get(svc.index), new)
+            m.write_ring(svc.index, slots, values)
+            self._written[svc.index] = new
+        wanted = {}
+        for svc in plan.services:
+            key = (svc.vip, svc.port, svc.proto)
+            wanted[key] = (svc.index, svc.flags, svc.persist_s, svc.pmask)
+        present = m.services()
+        for key, value in wanted.items():
+            if present.get(key) != value:
+                m.set_service(*key, value)
+        vips: dict[tuple[IPv4Address, int], int] = {}
+        for vip, _port, proto in wanted:
+            vips[(vip, proto)] = vips.get((vip, proto), 0) + 1
+        for (vip, proto), n in vips.items():
+            m.set_vip(vip, proto, n)
+        for vip, proto in m.vips() - set(vips):
+            m.delete_vip(vip, proto)
+        for key in set(present) - set(wanted):
+            m.delete_service(*key)
+
+    # attachment
+    def attach(self, ifname: str, mode: str = "native") -> str:
+        """Attach (replacing any program there atomically); returns the mode used."""
+        BPF = _bcc()
+        if mode == "generic":
+            BPF.attach_xdp(ifname, self.fn, XDP_FLAGS_SKB_MODE)
+            return "generic"
+        try:
+            BPF.attach_xdp(ifname, self.fn, XDP_FLAGS_DRV_MODE)
+            return "native"
+        except Exception as err:
+            if mode != "auto":
+                raise
+            warnings.warn(
+                f"{ifname}: native XDP refused ({err}); running in generic mode, which is "
+                "much slower",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            BPF.attach_xdp(ifname, self.fn, XDP_FLAGS_SKB_MODE)
+            return "generic"
+
+    @staticmethod
+    def detach(ifname: str, mode: str = "native") -> None:
+        flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
+        _bcc().remove_xdp(ifname, flags)
+
+    def pin_program(self) -> str:
+        """Pin the program next to its maps (for bpftool and for inspection)."""
+        if not self.pin_dir:
+            raise ValueError("no pin directory")
+        path = Path(self.pin_dir) / PROGRAM
+        if path.exists():
+            path.unlink()
+        obj_pin(self.prog_fd, str(path))
+        return str(path)
+
+    def close(self) -> None:
+        self.bpf.cleanup()

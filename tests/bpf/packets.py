@@ -1,0 +1,99 @@
+"""Building and checking test packets (Ethernet/IPv4/TCP/UDP) without scapy."""
+
+from __future__ import annotations
+
+import struct
+from ipaddress import IPv4Address
+
+ETH_IP = 0x0800
+TCP, UDP, ICMP = 6, 17, 1
+SYN, ACK, RST, PSH = 0x02, 0x10, 0x04, 0x08
+DIRECTOR_MAC = bytes.fromhex("020000000001")
+CLIENT_MAC = bytes.fromhex("020000000002")
+
+
+def csum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def eth(payload: bytes, dst: bytes = DIRECTOR_MAC, src: bytes = CLIENT_MAC, ethertype=ETH_IP):
+    return dst + src + struct.pack("!H", ethertype) + payload
+
+
+def ipv4(
+    src: str,
+    dst: str,
+    proto: int,
+    payload: bytes,
+    *,
+    options: bytes = b"",
+    frag: int = 0,
+    ttl: int = 64,
+    ident: int = 0x1234,
+    tos: int = 0,
+    version: int = 4,
+    ihl: int | None = None,
+    tot_len: int | None = None,
+) -> bytes:
+    ihl = ihl if ihl is not None else 5 + len(options) // 4
+    length = tot_len if tot_len is not None else 20 + len(options) + len(payload)
+    hdr = (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            (version << 4) | ihl,
+            tos,
+            length,
+            ident,
+            frag,
+            ttl,
+            proto,
+            0,
+            IPv4Address(src).packed,
+            IPv4Address(dst).packed,
+        )
+        + options
+    )
+    hdr = hdr[:10] + struct.pack("!H", csum(hdr)) + hdr[12:]
+    return hdr + payload
+
+
+def _pseudo(src: str, dst: str, proto: int, length: int) -> bytes:
+    return IPv4Address(src).packed + IPv4Address(dst).packed + struct.pack("!BBH", 0, proto, length)
+
+
+def tcp(src, dst, sport, dport, flags=SYN, payload=b"", seq=1000, doff=5) -> bytes:
+    hdr = struct.pack("!HHIIBBHHH", sport, dport, seq, 0, doff << 4, flags, 65535, 0, 0)
+    c = csum(_pseudo(src, dst, TCP, len(hdr) + len(payload)) + hdr + payload)
+    return hdr[:16] + struct.pack("!H", c) + hdr[18:] + payload
+
+
+def udp(src, dst, sport, dport, payload=b"ping") -> bytes:
+    length = 8 + len(payload)
+    hdr = struct.pack("!HHHH", sport, dport, length, 0)
+    c = csum(_pseudo(src, dst, UDP, length) + hdr + payload) or 0xFFFF
+    return hdr[:6] + struct.pack("!H", c) + payload
+
+
+def tcp_packet(src, dst, sport, dport, flags=SYN, payload=b"") -> bytes:
+    return eth(ipv4(src, dst, TCP, tcp(src, dst, sport, dport, flags, payload)))
+
+
+def udp_packet(src, dst, sport, dport, payload=b"ping") -> bytes:
+    return eth(ipv4(src, dst, UDP, udp(src, dst, sport, dport, payload)))
+
+
+def check_ipv4(ip: bytes) -> None:
+    """IP header checksum and the L4 checksum over the pseudo header are valid."""
+    ihl = (ip[0] & 0xF) * 4
+    assert csum(ip[:ihl]) == 0, "IPv4 header checksum"
+    proto = ip[9]
+    total = struct.unpack("!H", ip[2:4])[0]
+    l4 = ip[ihl:total]
+    src, dst = str(IPv4Address(ip[12:16])), str(IPv4Address(ip[16:20]))
+    if proto in (TCP, UDP):
+        assert csum(_pseudo(src, dst, proto, len(l4)) + l4) == 0, "L4 checksum"

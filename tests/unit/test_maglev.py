@@ -1,0 +1,112 @@
+"""Weighted Maglev tables: balance, minimal disruption, determinism (dataplane.maglev)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dataplane import maglev
+from dataplane.maglev import EMPTY, Member
+
+pytestmark = pytest.mark.unit
+ROOT = Path(__file__).resolve().parents[2]
+M = maglev.DEFAULT_SIZE
+
+
+def members_of(weights: list[int]) -> list[Member]:
+    return [Member(f"198.18.{i // 200}.{i % 200 + 1}:80", w) for i, w in enumerate(weights)]
+
+
+def assert_balanced(tab: np.ndarray, members: list[Member], live: set[int]) -> None:
+    counts = maglev.shares(tab, len(members))
+    total = sum(members[i].weight for i in live)
+    for i, m in enumerate(members):
+        if i not in live:
+            assert counts[i] == 0
+            continue
+        want = M * m.weight / total
+        # within 1% of the weighted share (2 slots of rounding for very small shares)
+        assert abs(counts[i] - want) <= max(0.01 * want, 2), (i, counts[i], want)
+    assert (tab != EMPTY).all()
+
+
+weights = st.lists(st.integers(min_value=1, max_value=50), min_size=2, max_size=40)
+slow = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@slow
+@given(weights)
+def test_load_follows_weights(ws: list[int]) -> None:
+    members = members_of(ws)
+    assert_balanced(maglev.build(members), members, set(range(len(ws))))
+
+
+@slow
+@given(weights, st.data())
+def test_taking_one_out_moves_only_its_slots(ws: list[int], data: st.DataObject) -> None:
+    members = members_of(ws)
+    base = maglev.build(members)
+    k = data.draw(st.integers(min_value=0, max_value=len(ws) - 1))
+    after = maglev.without(base, members, {k})
+    kept = base != k
+    assert (after[kept] == base[kept]).all()
+    assert not (after == k).any()
+    assert_balanced(after, members, set(range(len(ws))) - {k})
+    assert (maglev.table(members, {k}) == after).all()
+
+
+def test_weight_zero_members_get_no_slots() -> None:
+    members = members_of([3, 0, 1])
+    counts = maglev.shares(maglev.build(members), 3)
+    assert counts[1] == 0 and counts[0] + counts[2] == M
+    assert (maglev.build(members_of([0, 0])) == EMPTY).all()
+    assert (maglev.without(maglev.build(members), members, {0, 2}) == EMPTY).all()
+
+
+def test_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="prime"):
+        maglev.build(members_of([1]), size=65536)
+    with pytest.raises(ValueError, match="unique"):
+        maglev.build([Member("a", 1), Member("a", 2)])
+    with pytest.raises(ValueError, match=">= 0"):
+        maglev.build([Member("a", -1)])
+
+
+def test_diff_lists_only_changed_slots() -> None:
+    members = members_of([1, 1, 1])
+    base = maglev.build(members, size=251)
+    after = maglev.without(base, members, {1})
+    slots, values = maglev.diff(base, after)
+    assert set(slots.tolist()) == set(np.flatnonzero(base == 1).tolist())
+    assert (values != 1).all()
+    slots, values = maglev.diff(None, base)
+    assert len(slots) == 251 and (values == base).all()
+
+
+_DIGEST = """
+import hashlib, sys
+from dataplane import maglev
+ms = [maglev.Member(f"198.18.0.{i}:443", w) for i, w in enumerate([5, 1, 3, 7, 2], 1)]
+t = maglev.table(ms, {2})
+sys.stdout.write(hashlib.sha256(t.tobytes()).hexdigest())
+"""
+
+
+def test_identical_across_processes() -> None:
+    ms = [Member(f"198.18.0.{i}:443", w) for i, w in enumerate([5, 1, 3, 7, 2], 1)]
+    here = hashlib.sha256(maglev.table(ms, {2}).tobytes()).hexdigest()
+    for seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        out = subprocess.run(
+            [sys.executable, "-c", _DIGEST], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == here
