@@ -50,9 +50,17 @@ def emit(target: str, config: Config) -> str:
 
 
 def _load() -> None:
-    from . import ipvsadm, json, lvscf
+    from . import ipvsadm, json, lvscf, xdp
 
-    TARGETS.update({"ipvsadm": ipvsadm.emit, "json": json.emit, "lvs.cf": lvscf.emit})
+    TARGETS.update(
+        {
+            "ipvsadm": ipvsadm.emit,
+            "json": json.emit,
+            "lvs.cf": lvscf.emit,
+            "xdp": xdp.emit_c,
+            "xdp-maps": xdp.emit_maps,
+        }
+    )
 
 
 __all__ = ["TARGETS", "EmitError", "Emitter", "emit"]
