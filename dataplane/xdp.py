@@ -80,6 +80,7 @@ class XdpDataplane:
         self.maps = LbMaps(self.bpf, plan.sizes)
         self._written: dict[int, np.ndarray] = {}  # service index -> real ids written
         self._bases: dict[tuple, np.ndarray] = {}
+        self._stale_cleared = False
 
     @property
     def prog_fd(self) -> int:
@@ -127,9 +128,11 @@ class XdpDataplane:
             weight = r.weight if st.weight is None else st.weight
             flags = (REAL_F_FAILED if st.failed else 0) | (REAL_F_QUIESCED if weight == 0 else 0)
             m.set_real(r.index, r.address, macs[r.address], flags)
-        for i in range(len(plan.reals) + 1, plan.sizes.max_reals):
-            if m.real(i).addr != IPv4Address(0):
-                m.set_real(i, None, b"", REAL_F_FAILED)  # stale: its flows reschedule
+        if not self._stale_cleared:  # entries a previous program left behind
+            for i in range(len(plan.reals) + 1, plan.sizes.max_reals):
+                if m.real(i).addr != IPv4Address(0):
+                    m.set_real(i, None, b"", REAL_F_FAILED)  # its flows reschedule
+            self._stale_cleared = True
         for svc in plan.services:
             new = self.table(svc, state)
             slots, values = maglev.diff(self._written.get(svc.index), new)
