@@ -1,0 +1,173 @@
+"""``lvs-router apply/show --dataplane xdp``: the command handlers, kept out of
+runtime/cli.py so the CLI only has to dispatch to them.
+
+``apply_xdp(args)`` needs ``args.config`` (lvs.cf path), ``args.interface``,
+``args.real_mac`` (list of ``RIP=MAC``, may be empty), ``args.xdp_mode``
+(``native``/``generic``/``auto``) and ``args.dialect`` (optional);
+``show_xdp(args)`` needs ``args.config``. Both return an exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from ipaddress import IPv4Address
+from typing import Any
+
+from compiler import compile_file
+from compiler.diagnostics import Severity, render_text
+from compiler.model import Dialect
+
+from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, PlanError, plan
+
+EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The XDP options, for a parser that wants them."""
+    p.add_argument("--interface", help="interface to attach the XDP program to")
+    p.add_argument(
+        "--real-mac",
+        action="append",
+        default=[],
+        metavar="RIP=MAC",
+        help="next-hop MAC of a real server (default: the neighbour table)",
+    )
+    p.add_argument("--xdp-mode", choices=["native", "generic", "auto"], default="native")
+
+
+def _plan(args: Any) -> Plan | None:
+    dialect = Dialect(getattr(args, "dialect", None) or Dialect.EXTENDED.value)
+    try:
+        result = compile_file(args.config, dialect)
+    except OSError as err:
+        print(f"lvs-router: cannot read {args.config}: {err.strerror or err}", file=sys.stderr)
+        return None
+    errors = [d for d in result.diagnostics if d.severity is Severity.ERROR]
+    if errors:
+        sys.stderr.write(render_text(errors, {result.source.name: result.source}))
+        return None
+    try:
+        return plan(result.config)
+    except PlanError as err:
+        where = f"{err.span}: " if err.span else ""
+        print(f"{where}error: {err.message}", file=sys.stderr)
+        if err.help:
+            print(f"  = help: {err.help}", file=sys.stderr)
+        return None
+
+
+def parse_macs(pairs: list[str]) -> dict[IPv4Address, bytes]:
+    macs = {}
+    for pair in pairs:
+        rip, _, mac = pair.partition("=")
+        octets = bytes.fromhex(mac.replace(":", "").replace("-", ""))
+        if len(octets) != 6:
+            raise ValueError(f"--real-mac {pair}: not a MAC address")
+        macs[IPv4Address(rip)] = octets
+    return macs
+
+
+def neighbour_macs(addresses: list[IPv4Address]) -> dict[IPv4Address, bytes]:
+    """MACs the kernel's neighbour table knows for ``addresses``."""
+    from pyroute2 import IPRoute
+
+    found = {}
+    with IPRoute() as ipr:
+        for addr in addresses:
+            for n in ipr.get_neighbours(dst=str(addr)):
+                lladdr = n.get_attr("NDA_LLADDR")
+                if lladdr:
+                    found[addr] = bytes.fromhex(lladdr.replace(":", ""))
+    return found
+
+
+def apply_xdp(args: Any) -> int:
+    from .xdp import XdpDataplane
+
+    p = _plan(args)
+    if p is None:
+        return EXIT_ERRORS
+    if not args.interface:
+        print("lvs-router: --dataplane xdp needs --interface", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        macs = parse_macs(args.real_mac)
+    except ValueError as err:
+        print(f"lvs-router: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    wanted = sorted({r.address for r in p.reals} - set(macs))
+    if wanted:
+        macs.update(neighbour_macs(wanted))
+    missing = sorted({r.address for r in p.reals} - set(macs))
+    if missing:
+        print(
+            "lvs-router: no MAC address for real server(s) " + ", ".join(map(str, missing)),
+            file=sys.stderr,
+        )
+        print("  = help: pass --real-mac RIP=MAC, or ping them so the neighbour table knows them")
+        return EXIT_ERRORS
+    for note in p.notes:
+        print(f"note: {note}", file=sys.stderr)
+    dp = XdpDataplane(p, source=args.config)
+    dp.sync(macs)
+    mode = dp.attach(args.interface, args.xdp_mode)
+    pinned = dp.pin_program()
+    print(
+        f"XDP program attached to {args.interface} ({mode} mode), pinned at {pinned}: "
+        f"{len(p.services)} virtual service(s), {len(p.reals)} real server(s)"
+    )
+    return EXIT_OK
+
+
+def show_xdp(args: Any) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .xdp import XdpDataplane
+
+    p = _plan(args)
+    if p is None:
+        return EXIT_ERRORS
+    dp = XdpDataplane(p)  # same program shape: bcc reuses the pinned maps
+    m = dp.maps
+    table = Table(title="XDP dataplane counters")
+    for col in ("virtual / server", "address", "state", "packets", "bytes", "new flows"):
+        table.add_column(
+            col, justify="right" if col in ("packets", "bytes", "new flows") else "left"
+        )
+    proto = {6: "tcp", 17: "udp"}
+    for svc in p.services:
+        c = m.service_counters(svc.index)
+        port = svc.port or "*"
+        table.add_row(
+            svc.name,
+            f"{svc.vip}:{port}/{proto[svc.proto]}",
+            f"{svc.method.value} {svc.scheduler.value}",
+            str(c.packets),
+            str(c.bytes),
+            str(c.new_flows),
+        )
+        for r in svc.reals:
+            entry = m.real(r.index)
+            state = (
+                "failed"
+                if entry.flags & REAL_F_FAILED
+                else "quiesced"
+                if entry.flags & REAL_F_QUIESCED
+                else "up"
+            )
+            rc = m.real_counters(r.index)
+            table.add_row(
+                f"  {r.name}",
+                str(r.address),
+                state,
+                str(rc.packets),
+                str(rc.bytes),
+                str(rc.new_flows),
+            )
+    console = Console()
+    console.print(table)
+    nonzero = {k: v for k, v in m.global_counters().items() if v}
+    console.print("global: " + (", ".join(f"{k}={v}" for k, v in nonzero.items()) or "no packets"))
+    return EXIT_OK
