@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -34,7 +35,7 @@ from .model import (
     ServiceType,
     VirtualService,
 )
-from .parser import Block, SyntaxFile
+from .parser import Block, SyntaxFile, gc_paused
 from .services import service_port
 from .source import Span
 
@@ -100,6 +101,10 @@ class _Ctx:
     file: str
     dialect: Dialect
     diags: list[Diagnostic] = field(default_factory=list)
+    # per keyword table (by id): statement text -> its effect (see _statements)
+    memo: dict[int, dict[str, _Effect]] = field(
+        default_factory=lambda: {id(GLOBAL): {}, id(VIRTUAL): {}, id(SERVER): {}}
+    )
 
     def too_new(self, line: Line, index: int, what: str, since: str) -> _Bad:
         """A piranha 0.5 rejection: the 2001 parser predates ``what``."""
@@ -383,51 +388,140 @@ def _list(ctx: _Ctx, line: Line) -> tuple[str, ...]:
 # --------------------------------------------------------------------------- blocks
 
 
+class LineSpans(Mapping[str, Span]):
+    """keyword -> :class:`Span` of the line that set it, each Span made when asked for.
+
+    The model's ``spans`` maps every keyword written in a block to the span of its
+    line. Building those spans eagerly was a Span object per statement — 600,000 of
+    them for a large file, of which a check reads a handful. This mapping keeps the
+    :class:`~compiler.lexer.Line` objects, which exist anyway, and computes the span
+    (``line_span``: from the keyword to the last non-blank) on lookup, so
+    ``node.spans.get("port")`` returns the same Span as before. Use it like any
+    read-only mapping.
+    """
+
+    __slots__ = ("_file", "_lines")
+
+    def __init__(self, file: str, lines: dict[str, Line]) -> None:
+        self._file = file
+        self._lines = lines
+
+    def __getitem__(self, keyword: str) -> Span:
+        return line_span(self._file, self._lines[keyword])
+
+    def get(self, keyword: str, default: Any = None) -> Any:
+        # Mapping.get goes through __getitem__ and a KeyError; this is the hot path
+        line = self._lines.get(keyword)
+        return default if line is None else line_span(self._file, line)
+
+    def __contains__(self, keyword: object) -> bool:
+        return keyword in self._lines
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lines)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __repr__(self) -> str:
+        return f"LineSpans({dict(self)!r})"
+
+
+# What one accepted statement does to its block's fields: (keyword, {field: value},
+# quote) where quote is the quote character of a QSTRING value, else None.
+_Effect = tuple[str, dict[str, Any], str | None]
+
+
+def _effect(ctx: _Ctx, table: dict[str, Keyword], line: Line) -> _Effect | None:
+    """Read one statement; None (with a diagnostic in ctx.diags) if it is rejected."""
+    words = line.words
+    kw = table[words[0]]
+    if (
+        kw.kind is Kind.HOST
+        and len(words) == 3
+        and words[1] == "="
+        and not kw.extension
+        and kw.in_piranha_05
+    ):
+        # The one statement that is new on almost every line of a large file: a real
+        # server's `address = IP`. A dotted quad needs none of the checks below
+        # (known to every dialect, no extension, shape correct), so read it directly;
+        # anything else takes the general path.
+        ip = inet_aton(words[2])
+        if ip is not None:
+            return kw.name, {kw.name: ip}, None
+    try:
+        if kw.extension:
+            ctx.extension(line, 0, f"`{kw.name}` inside a block")
+        elif ctx.dialect is Dialect.PIRANHA_05 and not kw.in_piranha_05:
+            raise ctx.too_new(line, 0, f"`{kw.name}`", kw.since)
+        value = _value(ctx, kw, line)
+    except _Bad as bad:
+        ctx.diags.append(bad.diag)
+        return None
+    name = kw.name
+    kind = kw.kind
+    if kind is Kind.HOST_DEVICE and name == "address":
+        return name, {"address": value.address, "device": value.device}, None
+    if kind is Kind.QSTRING:
+        return name, {name: value}, line.quote(2)
+    # (test membership first: comparing an address with None raises internally)
+    if name in _UNSET_MASK and value == _UNSET_MASK[name]:
+        return name, {name: None}, None  # piranha's spelling of "no mask"
+    return name, {name: value}, None
+
+
 def _statements(
-    ctx: _Ctx, table: dict[str, Keyword], lines: list[Line], fields: dict[str, Any]
-) -> dict[str, Span]:
-    """Apply statements in order to ``fields``; returns keyword -> span of its line."""
-    spans: dict[str, Span] = {}
-    seen: dict[str, int] = {}
-    dialect_05 = ctx.dialect is Dialect.PIRANHA_05
+    ctx: _Ctx,
+    table: dict[str, Keyword],
+    lines: list[Line],
+    fields: dict[str, Any],
+    spans: dict[str, Line],
+    seen: dict[str, Line],
+) -> None:
+    """Apply statements in order to ``fields``; record keyword -> line in ``spans``.
+
+    ``seen`` is where a repeated keyword is detected; for a virtual it is reset at
+    each server block (a keyword set again after a server block is not reported),
+    for a real server it can be ``spans`` itself.
+
+    A statement's effect depends only on its text (and the dialect), and a large
+    file repeats the same few statement lines thousands of times, so effects are
+    memoised by the line's text: a repeated ``active = 1`` costs one dict lookup.
+    Only statements read without any diagnostic are memoised; the others are
+    read again each time so that every occurrence gets its own diagnostic.
+    """
+    memo = ctx.memo[id(table)]
+    known = memo.get
+    update = fields.update
+    diags = ctx.diags
     for line in lines:
-        kw = table[line.words[0]]
-        try:
-            if kw.extension:
-                ctx.extension(line, 0, f"`{kw.name}` inside a block")
-            elif dialect_05 and not kw.in_piranha_05:
-                raise ctx.too_new(line, 0, f"`{kw.name}`", kw.since)
-            value = _value(ctx, kw, line)
-        except _Bad as bad:
-            ctx.diags.append(bad.diag)
-            continue
-        name = kw.name
+        effect = known(line.text)
+        if effect is None:
+            before = len(diags)
+            effect = _effect(ctx, table, line)
+            if effect is None:
+                continue
+            if len(diags) == before:
+                memo[line.text] = effect
+        name, updates, quote = effect
         if name in seen:
-            ctx.diags.append(
+            diags.append(
                 make(
                     codes.DUPLICATE_KEY,
-                    f"`{name}` is set again; the value on line {seen[name]} is overridden",
+                    f"`{name}` is set again; the value on line {seen[name].number} is overridden",
                     word_span(ctx.file, line, 0),
                     help="piranha keeps the last value; remove one of the lines",
                 )
             )
-        seen[name] = line.number
-        spans[name] = line_span(ctx.file, line)
-        if kw.kind is Kind.HOST_DEVICE and name == "address":
-            fields["address"] = value.address
-            fields["device"] = value.device
-        elif kw.kind is Kind.QSTRING:
-            fields[name] = value
+        seen[name] = spans[name] = line
+        update(updates)
+        if quote is not None:
             quoted = fields.setdefault("single_quoted", set())
-            if line.quote(2) == "'":
+            if quote == "'":
                 quoted.add(name)
             else:
                 quoted.discard(name)
-        elif value == _UNSET_MASK.get(name):
-            fields[name] = None  # piranha's spelling of "no mask"
-        else:
-            fields[name] = value
-    return spans
 
 
 def _service(ctx: _Ctx, block: Block) -> VirtualService:
@@ -436,45 +530,56 @@ def _service(ctx: _Ctx, block: Block) -> VirtualService:
     servers: list[RealServer] = []
     # Statements apply in order; a server block takes the virtual's port as it is
     # when the block starts (piranha's ordering trap), so flush pending lines first.
-    spans: dict[str, Span] = {}
+    spans: dict[str, Line] = {}
     for item in block.items:
         if isinstance(item, Block):
-            spans.update(_statements(ctx, VIRTUAL, lines, fields))
-            lines = []
+            if lines:
+                _statements(ctx, VIRTUAL, lines, fields, spans, {})
+                lines = []
             servers.append(_server(ctx, item, fields.get("port", 80)))
         else:
             lines.append(item)
-    spans.update(_statements(ctx, VIRTUAL, lines, fields))
-    _unclosed(ctx, block)
+    _statements(ctx, VIRTUAL, lines, fields, spans, {})
+    if block.unclosed_at_eof:
+        _unclosed(ctx, block)
     fields["single_quoted"] = frozenset(fields.get("single_quoted", ()))
     fields["servers"] = tuple(servers)
     cls = FailoverService if block.kind == "failover" else VirtualService
-    return cls(**fields, span=line_span(ctx.file, block.header), spans=spans)
+    return cls(**fields, span=line_span(ctx.file, block.header), spans=LineSpans(ctx.file, spans))
 
 
 def _server(ctx: _Ctx, block: Block, port: int) -> RealServer:
     fields: dict[str, Any] = {"name": block.name, "port": port}
-    lines = [i for i in block.items if isinstance(i, Line)]
-    spans = _statements(ctx, SERVER, lines, fields)
-    _unclosed(ctx, block)
-    return RealServer(**fields, span=line_span(ctx.file, block.header), spans=spans)
+    spans: dict[str, Line] = {}
+    # the grammar admits only statements in a server block, never a nested block
+    _statements(ctx, SERVER, block.items, fields, spans, spans)  # type: ignore[arg-type]
+    if block.unclosed_at_eof:
+        _unclosed(ctx, block)
+    return RealServer(
+        **fields, span=line_span(ctx.file, block.header), spans=LineSpans(ctx.file, spans)
+    )
 
 
 def _unclosed(ctx: _Ctx, block: Block) -> None:
-    if block.unclosed_at_eof:
-        ctx.diags.append(
-            make(
-                codes.UNCLOSED_BLOCK,
-                f"`{block.kind} {block.name}` is not closed before the end of the file",
-                line_span(ctx.file, block.header),
-                severity=Severity.ERROR if ctx.dialect is Dialect.PIRANHA_05 else None,
-                help="add `}` on a line of its own; piranha 0.8.6 accepts the file, 0.5 rejects it",
-            )
+    """Report a block that the end of the file closed (``block.unclosed_at_eof``)."""
+    ctx.diags.append(
+        make(
+            codes.UNCLOSED_BLOCK,
+            f"`{block.kind} {block.name}` is not closed before the end of the file",
+            line_span(ctx.file, block.header),
+            severity=Severity.ERROR if ctx.dialect is Dialect.PIRANHA_05 else None,
+            help="add `}` on a line of its own; piranha 0.8.6 accepts the file, 0.5 rejects it",
         )
+    )
 
 
 def lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, list[Diagnostic]]:
     """Build the model from the parsed blocks; never raises on bad values."""
+    with gc_paused():
+        return _lower(syntax, file, dialect)
+
+
+def _lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, list[Diagnostic]]:
     ctx = _Ctx(file, dialect)
     fields: dict[str, Any] = {}
     lines: list[Line] = []
@@ -489,7 +594,8 @@ def lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, list
                 virtuals.append(svc)
         else:
             lines.append(item)
-    spans = _statements(ctx, GLOBAL, lines, fields)
+    spans: dict[str, Line] = {}
+    _statements(ctx, GLOBAL, lines, fields, spans, {})
     # piranha: with `primary` but no `primary_private`, both private addresses
     # default to the public ones (lvsconfig.c, end of lvsParseConfig).
     if "primary" in fields and "primary_private" not in fields:
@@ -503,6 +609,6 @@ def lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, list
         virtuals=tuple(virtuals),
         failovers=tuple(failovers),
         file=file,
-        spans=spans,
+        spans=LineSpans(file, spans),
     )
     return config, ctx.diags
