@@ -27,6 +27,8 @@ next :func:`converge` finishes the job.
 from __future__ import annotations
 
 import errno as _errno
+import socket as _socket
+import struct as _struct
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +62,8 @@ from .reconcile import (
     service_key,
 )
 
+_NETLINK_GENERIC = 16
+_NLMSG_ERROR = 2
 FAMILY = "IPVS"
 GENL_VERSION = 1
 
@@ -466,6 +470,8 @@ class IPVSKernel:
     """
 
     def __init__(self) -> None:
+        self._raw: _socket.socket | None = None  # for pipelined writes (apply(window=N))
+        self._seq = 1
         self._sock = GenericNetlinkSocket()
         try:
             self._sock.bind(FAMILY, ipvs_msg)
@@ -479,6 +485,8 @@ class IPVSKernel:
             raise IPVSError(f"cannot open IPVS netlink: {err}") from err
 
     def close(self) -> None:
+        if self._raw is not None:
+            self._raw.close()
         self._sock.close()
 
     def __enter__(self) -> IPVSKernel:
@@ -559,25 +567,89 @@ class IPVSKernel:
         """One operation, one request; raises ``NetlinkError`` if the kernel refuses it."""
         self._request(message(op), NLM_F_REQUEST | NLM_F_ACK)
 
-    def apply(self, ops: Iterable[Op]) -> tuple[Op, ...]:
-        """Execute operations in order; stop at the first refusal with :class:`ApplyError`."""
+    def apply(self, ops: Iterable[Op], *, window: int = 1) -> tuple[Op, ...]:
+        """Execute operations in order; stop at the first refusal with :class:`ApplyError`.
+
+        ``window = 1`` (the default): one request, wait for its ack, the next — nothing
+        after a refused operation is attempted. ``window = N``: up to N requests are
+        written at once and their acks read together (far fewer round trips for a
+        large table); the kernel still applies each one whole and in order, but the
+        ones already written after a refused one are attempted too. The error then
+        counts those that succeeded as applied and the rest as not applied; no
+        further window is sent. Either way the table is consistent and the next
+        reconcile converges.
+        """
         ops = tuple(ops)
-        for i, op in enumerate(ops):
-            try:
-                self.execute(op)
-            except NetlinkError as err:
-                raise ApplyError(op, err.code, ops[:i], ops[i + 1 :]) from err
+        if window <= 1:
+            for i, op in enumerate(ops):
+                try:
+                    self.execute(op)
+                except NetlinkError as err:
+                    raise ApplyError(op, err.code, ops[:i], ops[i + 1 :]) from err
+            return ops
+        applied: list[Op] = []
+        for start in range(0, len(ops), window):
+            chunk = ops[start : start + window]
+            codes = self._pipeline(chunk)
+            failed = [i for i, code in enumerate(codes) if code]
+            if failed:
+                first = failed[0]
+                applied += [op for op, code in zip(chunk, codes, strict=True) if not code]
+                rest = [
+                    op
+                    for op, code in zip(chunk[first + 1 :], codes[first + 1 :], strict=True)
+                    if code
+                ]
+                raise ApplyError(
+                    chunk[first], codes[first], applied, [*rest, *ops[start + window :]]
+                )
+            applied += chunk
         return ops
+
+    def _pipeline(self, chunk: Sequence[Op]) -> list[int]:
+        """Write the chunk's requests in one send, read one ack each: their errnos."""
+        if self._raw is None:
+            self._raw = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, _NETLINK_GENERIC)
+            self._raw.bind((0, 0))
+        data = bytearray()
+        base = self._seq
+        for i, op in enumerate(chunk):
+            m = message(op)
+            m["header"]["type"] = self._sock.prid
+            m["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+            m["header"]["sequence_number"] = base + i
+            m.encode()
+            data += m.data
+        self._seq += len(chunk)
+        self._raw.sendall(data)
+        codes: dict[int, int] = {}
+        while len(codes) < len(chunk):
+            buf = self._raw.recv(1 << 20)
+            off = 0
+            while off + 16 <= len(buf):
+                length, kind, _flags, seq, _pid = _struct.unpack_from("=IHHII", buf, off)
+                if kind == _NLMSG_ERROR and base <= seq < base + len(chunk):
+                    (err,) = _struct.unpack_from("=i", buf, off + 16)
+                    codes[seq - base] = -err
+                off += (length + 3) & ~3
+                if length == 0:
+                    break
+        return [codes[i] for i in range(len(chunk))]
 
 
 def _fields(svc: Service) -> dict:
     return {f: getattr(svc, f) for f in svc.__slots__}
 
 
-def converge(kernel: IPVSKernel, desired: IPVSState, *, verify: bool = True) -> tuple[Op, ...]:
+WINDOW = 64  # requests in flight per write in converge(); see IPVSKernel.apply
+
+
+def converge(
+    kernel: IPVSKernel, desired: IPVSState, *, verify: bool = True, window: int = WINDOW
+) -> tuple[Op, ...]:
     """Read the kernel, apply the diff to ``desired``, read back and verify; the ops applied."""
     ops = reconcile(desired, kernel.read().state)
-    kernel.apply(ops)
+    kernel.apply(ops, window=window)
     if verify:
         left = reconcile(desired, kernel.read().state)
         if left:

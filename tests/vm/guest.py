@@ -273,7 +273,7 @@ TRANSITIONS: list[tuple[str, str, Overrides, list[str]]] = [
     ),
 ]
 
-FAULTS = ["fault-unknown-scheduler", "fault-address-family"]
+FAULTS = ["fault-unknown-scheduler", "fault-unknown-scheduler-pipelined", "fault-address-family"]
 
 
 def check_names(samples_dir: Path) -> list[str]:
@@ -475,8 +475,11 @@ class Transitions:
         return " | ".join(got)
 
 
-def check_fault_scheduler() -> str:
-    """A netlink refusal in the middle: stop there, table consistent, then converge."""
+def check_fault_scheduler(window: int = 1) -> str:
+    """A netlink refusal in the middle: stop there, table consistent, then converge.
+
+    With ``window > 1`` the last request was already written: the kernel tries it too
+    (ESRCH, its service does not exist) and it is reported as not applied."""
     from dataplane.ipvs import ApplyError, IPVSKernel, converge
 
     want = desired_state(compiled(base()))
@@ -499,7 +502,7 @@ def check_fault_scheduler() -> str:
         converge(k, want)
         before = ipvsadm_save()
         try:
-            k.apply(ops)
+            k.apply(ops, window=window)
         except ApplyError as err:
             failure = err
         else:
@@ -550,6 +553,7 @@ def main(report: Path, samples_dir: Path) -> int:
         for name, text, ov, expected in TRANSITIONS:
             r.run(f"transition[{name}]", t.step, text, ov, expected)
     r.run("fault-unknown-scheduler", check_fault_scheduler)
+    r.run("fault-unknown-scheduler-pipelined", check_fault_scheduler, 8)
     r.run("fault-address-family", check_fault_family)
     return 0
 
