@@ -209,7 +209,7 @@ class ApplyError(IPVSError):
         super().__init__(
             f"the kernel refused `{op}`: {_explain(op, code)} ({reason}); "
             f"{len(self.applied)} operation(s) applied before it, "
-            f"{len(self.remaining)} not attempted — the table is consistent, "
+            f"{len(self.remaining)} after it not applied — the table is consistent, "
             "run apply again once the cause is fixed"
         )
 

@@ -1,0 +1,166 @@
+"""IPVS dataplane benchmark, in a VM kernel: apply N services x 10 real servers from an
+empty table, then one weight change, against ``ipvsadm-restore`` of the same table.
+
+    python bench/ipvs_bench.py [--services N] [--dests D]
+
+boots the Debian kernel with virtme-ng (as tests/vm does; TCG, no KVM here) and runs
+itself inside with ``--guest``. Prints a JSON line of timings and ratios; no
+assertions (figures go to docs/performance.md, "IPVS dataplane").
+
+What is timed, in seconds of wall clock inside the VM:
+- ``restore_s``: ``ipvsadm-restore`` (flush + ``ipvsadm -R``) of the table's text;
+- ``apply_s``: read the (empty) kernel table, reconcile, apply every operation
+  (``IPVSKernel.apply`` with ``converge``'s window: 64 requests per write, then their
+  acks); ``apply_window1_s`` the same one request and ack at a time (N <= 1000 only);
+- ``verify_read_s``: reading the full table back (one GET_DEST dump per service);
+- ``change_diff_apply_s``: one weight change as the daemon does it, diffing against
+  the state it holds (no kernel read) and applying the single ``-e``;
+- ``change_converge_s``: the same change through ``converge`` (full read, diff,
+  apply, full read-back) — what ``lvs-router apply`` costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def desired(n: int, d: int):
+    from compiler.emit.ipvsadm import Destination, Service
+    from compiler.model import Network, Protocol
+    from dataplane.reconcile import IPVSState
+
+    base_vip = int(IPv4Address("198.18.0.0"))
+    base_rip = int(IPv4Address("198.18.16.0"))  # 100,000 RIPs stay in 198.18.0.0/15
+    services = []
+    for i in range(n):
+        dests = tuple(
+            Destination(IPv4Address(base_rip + i * d + j + 1), 8080, Network.NAT, 1 + j)
+            for j in range(d)
+        )
+        services.append(
+            Service(
+                fwmark=0,
+                family=4,
+                protocol=Protocol.TCP,
+                address=IPv4Address(base_vip + 1 + i // 4),
+                port=80 + i % 4,
+                scheduler="wlc",
+                persistent=0,
+                pmask=None,
+                destinations=dests,
+                virtuals=(),
+            )
+        )
+    return IPVSState(tuple(services))
+
+
+def sh(cmd: str) -> None:
+    subprocess.run(cmd, shell=True, check=True)
+
+
+def guest(n: int, d: int, out: Path) -> None:
+    from compiler.emit.ipvsadm import lines
+    from dataplane.ipvs import WINDOW, IPVSKernel, converge
+    from dataplane.reconcile import IPVSState, reconcile
+
+    sh("modprobe ip_vs && modprobe ip_vs_wlc")
+    sh("ip link add d0 type dummy && ip link set d0 up")
+    sh("ip addr add 198.18.255.254/15 dev d0 && ip route add default dev d0")
+    want = desired(n, d)
+    text = "".join(line + "\n" for svc in want.services for line in lines(svc))
+    res: dict[str, float | int | str] = {"services": n, "dests_per_service": d}
+    res["ops"] = n * (d + 1)
+
+    sh("ipvsadm -C")
+    t0 = time.perf_counter()
+    subprocess.run(["ipvsadm-restore"], input=text, text=True, check=True)
+    res["restore_s"] = time.perf_counter() - t0
+    sh("ipvsadm -C")
+
+    with IPVSKernel() as k:
+        if n <= 1000:  # one request and ack at a time: slow under TCG, small tables only
+            t0 = time.perf_counter()
+            k.apply(reconcile(want, k.read().state), window=1)
+            res["apply_window1_s"] = time.perf_counter() - t0
+            sh("ipvsadm -C")
+        t0 = time.perf_counter()
+        ops = reconcile(want, k.read().state)
+        k.apply(ops, window=WINDOW)
+        res["apply_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        seen = k.read().state
+        res["verify_read_s"] = time.perf_counter() - t0
+        assert reconcile(want, seen) == (), "read-back differs"
+
+        svc = want.services[n // 2]
+        changed = replace(svc.destinations[3], weight=svc.destinations[3].weight + 1)
+        dests = (*svc.destinations[:3], changed, *svc.destinations[4:])
+        svcs = list(want.services)
+        svcs[n // 2] = replace(svc, destinations=dests)
+        want2 = IPVSState(tuple(svcs))
+        t0 = time.perf_counter()
+        ops = reconcile(want2, want)
+        k.apply(ops)
+        res["change_diff_apply_s"] = time.perf_counter() - t0
+        res["change_ops"] = " | ".join(str(o) for o in ops)
+        t0 = time.perf_counter()
+        back = converge(k, want)
+        res["change_converge_s"] = time.perf_counter() - t0
+        assert len(back) == 1
+    res["apply_vs_restore"] = res["apply_s"] / res["restore_s"]
+    out.write_text(json.dumps(res))
+
+
+def host(n: int, d: int) -> int:
+    kernels = sorted(Path("/boot").glob("vmlinuz-*"))
+    if not kernels:
+        print("no /boot/vmlinuz-*: apt-get install linux-image-amd64", file=sys.stderr)
+        return 1
+    bindir = Path(sys.executable).parent
+    (ROOT / "build").mkdir(exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="ipvsbench-", dir=ROOT / "build"))
+    out = work / "result.json"
+    inner = shlex.join(
+        [sys.executable, __file__, "--guest", str(out), "--services", str(n), "--dests", str(d)]
+    )
+    argv = [str(bindir / "vng"), "--run", str(kernels[-1]), "--disable-kvm", "--memory", "4G"]
+    argv += ["--rwdir", str(work), "--exec", inner]
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    log = work / "console.log"
+    with log.open("w") as f:
+        subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
+    if not out.exists():
+        print(f"no result; console in {log}", file=sys.stderr)
+        print(log.read_text()[-3000:], file=sys.stderr)
+        return 1
+    print(out.read_text())
+    return 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--services", type=int, default=10_000)
+    p.add_argument("--dests", type=int, default=10)
+    p.add_argument("--guest", type=Path, help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.guest:
+        guest(a.services, a.dests, a.guest)
+        return 0
+    return host(a.services, a.dests)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
