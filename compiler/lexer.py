@@ -154,6 +154,13 @@ def line_span(file: str, line: Line) -> Span:
     return Span(file, line.number, line.indent + 1, max(end, line.indent + 2))
 
 
+def source_line_span(file: str, number: int, text: str) -> Span:
+    """:func:`line_span` of the line ``number`` whose text is ``text``."""
+    indent = len(text) - len(text.lstrip(_BLANKS))
+    end = len(text.rstrip(_BLANKS)) + 1
+    return Span(file, number, indent + 1, max(end, indent + 2))
+
+
 @dataclass
 class LexInput:
     """What the parser is handed: the text plus a sink for the lexer's diagnostics."""
@@ -163,6 +170,8 @@ class LexInput:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     # for each of the lexer's diagnostics, how many lines (tokens) came before it
     diagnostic_at: list[int] = field(default_factory=list)
+    # the file's lines as scan() split them (index = line number - 1), once scanned
+    lines: list[str] | None = None
     # lark restarts ``lex()`` after error recovery; the one generator resumes
     stream: Iterator[Token] | None = None
 
@@ -194,9 +203,9 @@ def scan(data: LexInput) -> tuple[list[str], list[Line]]:
       hit reuses what its first occurrence gave: nothing (blank or comment), or
       its text, indentation, words, quotes, terminal and block depth change.
       These are then *shared* between identical lines, which keeps memory down
-      (the duplicate strings are freed) and makes later dict lookups by the text
-      cheap (the hash of the shared string is computed once); nothing may mutate
-      them.
+      (the duplicate strings are freed, also from ``data.lines``) and makes later
+      dict lookups by the text cheap (the hash of the shared string is computed
+      once); nothing may mutate them.
     * Only lines read without a diagnostic are remembered (a bad line is read
       again each time, so that each occurrence is reported), and never an
       ``UNKNOWN`` line or one with ``{`` alone, whose meaning depends on the line
@@ -214,7 +223,7 @@ def scan(data: LexInput) -> tuple[list[str], list[Line]]:
     add_ttype = ttypes.append
     add_line = out.append
     lookup = seen.get
-    lines = split_lines(data.text)
+    lines = data.lines = split_lines(data.text)
     for number, raw in enumerate(lines, 1):
         hit = lookup(raw, _UNSEEN)
         if hit is not _UNSEEN:
@@ -223,6 +232,7 @@ def scan(data: LexInput) -> tuple[list[str], list[Line]]:
             # a line met before; a pending `{` check cannot match it (see below)
             expect_brace = False
             text, indent, words, quotes, ttype, nesting = hit
+            lines[number - 1] = text  # keep one copy of the string
             if nesting:
                 depth += nesting
                 if depth < 0:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -20,7 +20,7 @@ from typing import Any
 from . import codes
 from .diagnostics import Diagnostic, Severity, make
 from .keywords import GLOBAL, SCHEDULERS_05, SERVER, VIRTUAL, Keyword, Kind
-from .lexer import Line, line_span, word_span
+from .lexer import Line, line_span, source_line_span, word_span
 from .model import (
     Config,
     Dialect,
@@ -100,6 +100,7 @@ class _Bad(Exception):
 class _Ctx:
     file: str
     dialect: Dialect
+    source: Sequence[str]  # the file's lines, for the model's spans
     diags: list[Diagnostic] = field(default_factory=list)
     # per keyword table (by id): statement text -> its effect (see _statements)
     memo: dict[int, dict[str, _Effect]] = field(
@@ -393,38 +394,60 @@ class LineSpans(Mapping[str, Span]):
 
     The model's ``spans`` maps every keyword written in a block to the span of its
     line. Building those spans eagerly was a Span object per statement — 600,000 of
-    them for a large file, of which a check reads a handful. This mapping keeps the
-    :class:`~compiler.lexer.Line` objects, which exist anyway, and computes the span
-    (``line_span``: from the keyword to the last non-blank) on lookup, so
-    ``node.spans.get("port")`` returns the same Span as before. Use it like any
-    read-only mapping.
+    them for a large file, of which a check reads a handful. This mapping keeps
+    only line numbers (a dict of str -> int, which the garbage collector does not
+    even track) and the file's lines, shared by the whole model, and computes the
+    span on lookup exactly as :func:`~compiler.lexer.line_span` does (from the
+    keyword to the last non-blank), so ``node.spans.get("port")`` returns the same
+    Span as before. Use it like any read-only mapping.
     """
 
-    __slots__ = ("_file", "_lines")
+    __slots__ = ("_file", "_numbers", "_source")
 
-    def __init__(self, file: str, lines: dict[str, Line]) -> None:
+    def __init__(self, file: str, source: Sequence[str], numbers: dict[str, int]) -> None:
         self._file = file
-        self._lines = lines
+        self._source = source  # the file's lines, index = line number - 1
+        self._numbers = numbers
 
     def __getitem__(self, keyword: str) -> Span:
-        return line_span(self._file, self._lines[keyword])
+        number = self._numbers[keyword]
+        return source_line_span(self._file, number, self._source[number - 1])
 
     def get(self, keyword: str, default: Any = None) -> Any:
         # Mapping.get goes through __getitem__ and a KeyError; this is the hot path
-        line = self._lines.get(keyword)
-        return default if line is None else line_span(self._file, line)
+        number = self._numbers.get(keyword)
+        if number is None:
+            return default
+        return source_line_span(self._file, number, self._source[number - 1])
 
     def __contains__(self, keyword: object) -> bool:
-        return keyword in self._lines
+        return keyword in self._numbers
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._lines)
+        return iter(self._numbers)
 
     def __len__(self) -> int:
-        return len(self._lines)
+        return len(self._numbers)
 
     def __repr__(self) -> str:
         return f"LineSpans({dict(self)!r})"
+
+
+def _source_lines(syntax: SyntaxFile) -> list[str]:
+    """The file's lines as far as the syntax knows them (for a SyntaxFile built by hand)."""
+    texts: dict[int, str] = {}
+    todo: list[Line | Block] = list(syntax.items)
+    while todo:
+        item = todo.pop()
+        if isinstance(item, Block):
+            todo.append(item.header)
+            todo.extend(item.items)
+        elif not item.synthetic:
+            texts[item.number] = item.text
+    lines = [""] * max(texts, default=0)
+    for number, text in texts.items():
+        lines[number - 1] = text
+    return lines
 
 
 # What one accepted statement does to its block's fields: (keyword, {field: value},
@@ -476,10 +499,10 @@ def _statements(
     table: dict[str, Keyword],
     lines: list[Line],
     fields: dict[str, Any],
-    spans: dict[str, Line],
-    seen: dict[str, Line],
+    spans: dict[str, int],
+    seen: dict[str, int],
 ) -> None:
-    """Apply statements in order to ``fields``; record keyword -> line in ``spans``.
+    """Apply statements in order to ``fields``; record keyword -> line number in ``spans``.
 
     ``seen`` is where a repeated keyword is detected; for a virtual it is reset at
     each server block (a keyword set again after a server block is not reported),
@@ -509,12 +532,12 @@ def _statements(
             diags.append(
                 make(
                     codes.DUPLICATE_KEY,
-                    f"`{name}` is set again; the value on line {seen[name].number} is overridden",
+                    f"`{name}` is set again; the value on line {seen[name]} is overridden",
                     word_span(ctx.file, line, 0),
                     help="piranha keeps the last value; remove one of the lines",
                 )
             )
-        seen[name] = spans[name] = line
+        seen[name] = spans[name] = line.number
         update(updates)
         if quote is not None:
             quoted = fields.setdefault("single_quoted", set())
@@ -530,7 +553,7 @@ def _service(ctx: _Ctx, block: Block) -> VirtualService:
     servers: list[RealServer] = []
     # Statements apply in order; a server block takes the virtual's port as it is
     # when the block starts (piranha's ordering trap), so flush pending lines first.
-    spans: dict[str, Line] = {}
+    spans: dict[str, int] = {}
     for item in block.items:
         if isinstance(item, Block):
             if lines:
@@ -545,18 +568,24 @@ def _service(ctx: _Ctx, block: Block) -> VirtualService:
     fields["single_quoted"] = frozenset(fields.get("single_quoted", ()))
     fields["servers"] = tuple(servers)
     cls = FailoverService if block.kind == "failover" else VirtualService
-    return cls(**fields, span=line_span(ctx.file, block.header), spans=LineSpans(ctx.file, spans))
+    return cls(
+        **fields,
+        span=line_span(ctx.file, block.header),
+        spans=LineSpans(ctx.file, ctx.source, spans),
+    )
 
 
 def _server(ctx: _Ctx, block: Block, port: int) -> RealServer:
     fields: dict[str, Any] = {"name": block.name, "port": port}
-    spans: dict[str, Line] = {}
+    spans: dict[str, int] = {}
     # the grammar admits only statements in a server block, never a nested block
     _statements(ctx, SERVER, block.items, fields, spans, spans)  # type: ignore[arg-type]
     if block.unclosed_at_eof:
         _unclosed(ctx, block)
     return RealServer(
-        **fields, span=line_span(ctx.file, block.header), spans=LineSpans(ctx.file, spans)
+        **fields,
+        span=line_span(ctx.file, block.header),
+        spans=LineSpans(ctx.file, ctx.source, spans),
     )
 
 
@@ -580,7 +609,8 @@ def lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, list
 
 
 def _lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, list[Diagnostic]]:
-    ctx = _Ctx(file, dialect)
+    source = syntax.source_lines
+    ctx = _Ctx(file, dialect, _source_lines(syntax) if source is None else source)
     fields: dict[str, Any] = {}
     lines: list[Line] = []
     virtuals: list[VirtualService] = []
@@ -594,7 +624,7 @@ def _lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, lis
                 virtuals.append(svc)
         else:
             lines.append(item)
-    spans: dict[str, Line] = {}
+    spans: dict[str, int] = {}
     _statements(ctx, GLOBAL, lines, fields, spans, {})
     # piranha: with `primary` but no `primary_private`, both private addresses
     # default to the public ones (lvsconfig.c, end of lvsParseConfig).
@@ -609,6 +639,6 @@ def _lower(syntax: SyntaxFile, file: str, dialect: Dialect) -> tuple[Config, lis
         virtuals=tuple(virtuals),
         failovers=tuple(failovers),
         file=file,
-        spans=LineSpans(file, spans),
+        spans=LineSpans(file, ctx.source, spans),
     )
     return config, ctx.diags

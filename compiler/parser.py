@@ -42,6 +42,7 @@ from .lexer import (
     comment_help,
     line_span,
     scan,
+    split_lines,
     word_span,
 )
 from .source import Span
@@ -70,9 +71,15 @@ class Block:
 
 @dataclass(slots=True)
 class SyntaxFile:
-    """The top level: global statements and blocks in file order."""
+    """The top level: global statements and blocks in file order.
+
+    ``source_lines`` are the file's lines (index = line number - 1), which the model
+    keeps to compute the spans of its statements on demand; None when unknown (a
+    SyntaxFile built by hand), in which case they are taken from the Line objects.
+    """
 
     items: list[Line | Block]
+    source_lines: list[str] | None = None
 
 
 class _Build:
@@ -239,7 +246,7 @@ def _fast_parse(data: LexInput) -> SyntaxFile | None:
     for _ in range(step[1]):
         block = open_blocks.pop()
         (open_blocks[-1].items if open_blocks else top).append(block)
-    return SyntaxFile(top)
+    return SyntaxFile(top, data.lines)
 
 
 _CONTEXT_KEYWORDS = {"global": GLOBAL, "virtual": VIRTUAL, "server": SERVER}
@@ -367,6 +374,7 @@ def parse_syntax(file: str, text: str) -> tuple[SyntaxFile, list[Diagnostic]]:
             data = LexInput(file, text)
             recovery = _Recovery(file, data.diagnostics)
             tree = _lark().parse(data, on_error=recovery)  # type: ignore[arg-type]
+            tree.source_lines = split_lines(text)
     return tree, data.diagnostics
 
 

@@ -160,3 +160,20 @@ def test_dialects_agree_on_the_fast_path():
     for dialect in Dialect:
         r = compile_text("t.cf", GUI, dialect)
         assert r.config.virtuals[0].servers[1].weight == 1
+
+
+def test_spans_of_a_syntax_file_built_by_hand():
+    # without the file's lines (source_lines None), lower takes them from the Lines
+    from compiler.lower import lower
+    from compiler.model import Dialect
+
+    header = Line(2, "virtual v {", 0, ["virtual", "v", "{"])
+    port = Line(3, "   port = 8080 ", 3, ["port", "=", "8080"])
+    close = Line(4, "}", 0, ["}"])
+    syntax = SyntaxFile([Line(1, "keepalive = 3", 0, ["keepalive", "=", "3"])])
+    syntax.items.append(Block("virtual", header, [port], close))
+    config, diags = lower(syntax, "h.cf", Dialect.EXTENDED)
+    assert diags == []
+    assert config.virtuals[0].port == 8080
+    assert config.virtuals[0].spans["port"] == line_span("h.cf", port)
+    assert config.spans["keepalive"] == Span("h.cf", 1, 1, 14)
