@@ -71,7 +71,7 @@ def c_strtol(tok: str) -> int | None:
     sign, digits = m.groups()
     if digits.startswith(("0x", "0X")):
         v = int(digits, 16)
-    elif len(digits) > 1:
+    elif digits[0] == "0" and len(digits) > 1:
         v = int(digits, 8)
     else:
         v = int(digits)
