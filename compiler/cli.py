@@ -7,6 +7,8 @@ Exit status: 0 no errors (warnings allowed), 1 errors (or warnings with
 from __future__ import annotations
 
 import argparse
+import gc
+import os
 import sys
 from collections.abc import Sequence
 
@@ -121,11 +123,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if reconfigure is not None:
             reconfigure(errors="surrogateescape")
     args = _parser().parse_args(argv)
+    # One compile per run, and everything it builds lives until the end: the cyclic
+    # garbage collector would only rescan the model (0.2 s on a 600,000-line file).
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         return _check(args) if args.command == "check" else _emit(args)
     except BrokenPipeError:
         return EXIT_OK
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def run() -> None:
+    """Console-script entry: run, flush, and exit without tearing the model down
+    object by object (freeing a large model costs more than the emit itself)."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

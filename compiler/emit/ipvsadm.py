@@ -66,6 +66,7 @@ without tunnelling).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from functools import cmp_to_key
 from ipaddress import IPv4Address, IPv6Address
@@ -150,12 +151,12 @@ def table(config: Config) -> tuple[Service, ...]:
     out = [
         replace(
             svc,
-            destinations=tuple(sorted(dests[key].values(), key=cmp_to_key(_cmp_dests))),
+            destinations=_sorted_dests(dests[key].values()),
             virtuals=tuple(names[key]),
         )
         for key, svc in first.items()
     ]
-    return tuple(sorted(out, key=cmp_to_key(_cmp_services)))
+    return _sorted_services(out)
 
 
 def _span(node: VirtualService | RealServer, keyword: str) -> Span | None:
@@ -236,9 +237,21 @@ def _service(vs: VirtualService) -> Service:
 
 
 def _destination(config: Config, vs: VirtualService, rs: RealServer, svc: Service) -> Destination:
+    address = rs.address
+    forwarding = config.forwarding(vs)
+    port = rs.port
+    # the common case first, cheaply: the error paths below build messages and spans
+    if (
+        isinstance(address, IPv4Address | IPv6Address)
+        and address.version == svc.family
+        and 0 <= port <= 65535
+        and 0 <= rs.weight <= MAX_WEIGHT
+    ):
+        if not svc.fwmark and forwarding in (Network.DIRECT, Network.TUNNEL):
+            port = svc.port
+        return Destination(address, port, forwarding, rs.weight)
     where = f"real server `{rs.name}` of virtual `{vs.name}`"
     address = _numeric(rs.address, where, _span(rs, "address"))
-    forwarding = config.forwarding(vs)
     if address.version != svc.family and forwarding is not Network.TUNNEL:
         raise _fail(
             f"{where}: an IPv{address.version} real server in an IPv{svc.family} service",
@@ -312,6 +325,40 @@ def _cmp_dests(d1: Destination, d2: Destination) -> int:
     return d1.port - d2.port
 
 
+def _no_wrap(addresses: list[int]) -> bool:
+    """libipvs's wrapping compare is plain integer order when no two IPv4 addresses
+    are 2^31 or more apart, which is every real table; then a key sort is exact."""
+    return not addresses or max(addresses) - min(addresses) < 1 << 31
+
+
+def _sorted_dests(dests: Iterable[Destination]) -> tuple[Destination, ...]:
+    ds = list(dests)
+    if all(d.address.version == 4 for d in ds):
+        ints = [int(d.address) for d in ds]
+        if _no_wrap(ints):
+            order = sorted(range(len(ds)), key=lambda i: (ints[i], ds[i].port))
+            return tuple(ds[i] for i in order)
+    return tuple(sorted(ds, key=cmp_to_key(_cmp_dests)))
+
+
+def _sorted_services(services: list[Service]) -> tuple[Service, ...]:
+    plain = [s for s in services if not s.fwmark]
+    if all(s.family == 4 for s in plain) and _no_wrap([int(s.address) for s in plain]):  # type: ignore[arg-type]
+        return tuple(
+            sorted(
+                services,
+                key=lambda s: (
+                    s.fwmark,
+                    _AF[s.family],
+                    _PROTO[s.protocol],
+                    int(s.address) if s.address is not None else 0,
+                    s.port,
+                ),
+            )
+        )
+    return tuple(sorted(services, key=cmp_to_key(_cmp_services)))
+
+
 # --------------------------------------------------------------------------- text
 
 
@@ -366,10 +413,10 @@ def lines(svc: Service) -> list[str]:
         if svc.pmask is not None and svc.pmask != _ALL_ONES:
             head += f" -M {svc.pmask}"
     out = [head]
+    key = svc.key
     for d in svc.destinations:
         line = (
-            f"-a {svc.key} -r {addrport(d.address, d.port)} "
-            f"{d.forwarding.ipvsadm_flag} -w {d.weight}"
+            f"-a {key} -r {addrport(d.address, d.port)} {d.forwarding.ipvsadm_flag} -w {d.weight}"
         )
         if d.forwarding is Network.TUNNEL:
             line += " --tun-type ipip"
