@@ -282,6 +282,7 @@ def check_names(samples_dir: Path) -> list[str]:
     names += ["show-ipvsadm-is-ipvsadm-save", "timeouts-and-sync-daemon"]
     names += ["transitions-baseline"] + [f"transition[{t[0]}]" for t in TRANSITIONS]
     names += FAULTS
+    names += ["traffic-setup", "traffic[nat]", "traffic[direct]"]
     return names
 
 
@@ -555,6 +556,18 @@ def main(report: Path, samples_dir: Path) -> int:
     r.run("fault-unknown-scheduler", check_fault_scheduler)
     r.run("fault-unknown-scheduler-pipelined", check_fault_scheduler, 8)
     r.run("fault-address-family", check_fault_family)
+
+    from tests.vm import traffic
+
+    topo = traffic.Topology(report.parent)
+    try:
+        if r.run("traffic-setup", topo.up):
+            nat = [("198.18.1.100", "tcp"), ("198.18.1.100", "udp")]
+            r.run("traffic[nat]", lambda: traffic.check(topo, compiled(traffic.NAT), nat))
+            dr = [("198.18.1.101", "tcp")]
+            r.run("traffic[direct]", lambda: traffic.check(topo, compiled(traffic.DR), dr))
+    finally:
+        topo.down()
     return 0
 
 

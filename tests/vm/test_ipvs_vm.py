@@ -5,7 +5,9 @@ configs and a generated config applied with ``lvs-router apply`` and compared wi
 ``lvs-compile emit --target ipvsadm`` (then a second reconcile is empty); ``show``;
 timeouts and the sync daemon; a chain of transitions with the exact operations and
 the connection counters of every surviving service unchanged; netlink failures
-midway, then a converging reconcile.
+midway, then a converging reconcile; real TCP and UDP connections from a client
+namespace through IPVS to two real servers, NAT and direct routing, counted per
+server against the wrr weights (traffic.py).
 """
 
 from __future__ import annotations
