@@ -1,10 +1,12 @@
 """``lvs-router``: the router daemon's command line.
 
 Available: ``apply --dataplane ipvs`` (make the kernel's IPVS table what a config's
-steady state asks for, by diff, never a flush) and ``show --dataplane ipvs`` (print
-the kernel's table). The daemon itself (``run``, ``reload``, ``status``), the XDP
-dataplane and ``send-arp`` are being built issue by issue; until a command exists it
-is listed as not available yet rather than pretending to work.
+steady state asks for, by diff, never a flush), ``show --dataplane ipvs`` (print
+the kernel's table), and the same two for ``--dataplane xdp`` (compile, load, pin
+and fill the XDP program's maps; print its counters; handlers in
+dataplane/xdp_cli.py). The daemon itself (``run``, ``reload``, ``status``) and
+``send-arp`` are being built issue by issue; until a command exists it is listed as
+not available yet rather than pretending to work.
 
 Exit status: 0 done, 1 the config has errors or the kernel refused, 2 usage.
 """
@@ -30,9 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvs-router",
         description="The lvs-router daemon and dataplane tools. Available: `apply` and "
-        "`show` for the kernel IPVS dataplane. Not available yet in this release: "
-        + ", ".join(NOT_YET)
-        + " (they arrive with the runtime work), and the XDP dataplane.",
+        "`show` for the kernel IPVS dataplane and the XDP dataplane. Not available yet in "
+        "this release: " + ", ".join(NOT_YET) + " (they arrive with the runtime work).",
         epilog="not available yet: " + "; ".join(f"{k}: {v}" for k, v in NOT_YET.items()),
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -44,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         "and apply only the operations that differ (like ipvsadm-restore, without its "
         "flush); then read back and verify.",
     )
-    a.add_argument("--dataplane", choices=["ipvs"], required=True)
+    a.add_argument("--dataplane", choices=["ipvs", "xdp"], required=True)
     a.add_argument(
         "--dry-run",
         action="store_true",
@@ -67,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("config", metavar="CONFIG")
 
     s = sub.add_parser("show", help="print the dataplane's table and counters")
-    s.add_argument("--dataplane", choices=["ipvs"], required=True)
+    s.add_argument("--dataplane", choices=["ipvs", "xdp"], required=True)
     s.add_argument(
         "--format",
         choices=["table", "ipvsadm"],
@@ -75,6 +76,16 @@ def _parser() -> argparse.ArgumentParser:
         help="table (default): services, real servers and counters; ipvsadm: the "
         "`ipvsadm-save -n` text",
     )
+    s.add_argument(
+        "config",
+        metavar="CONFIG",
+        nargs="?",
+        help="XDP only: the lvs.cf the running program was built from (to find its maps)",
+    )
+    from dataplane.xdp_cli import add_arguments as add_xdp_arguments
+
+    for parser in (a, s):
+        add_xdp_arguments(parser.add_argument_group("XDP dataplane"))
 
     for name, what in NOT_YET.items():
         sub.add_parser(name, help=f"(not available yet) {what}")
@@ -233,6 +244,26 @@ def _rich_table(seen, services) -> None:
         console.print(f"not managed: {note}")
 
 
+# --------------------------------------------------------------------------- xdp
+
+
+def _xdp(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from dataplane.xdp_cli import apply_xdp, show_xdp
+
+    if args.command == "apply":
+        if args.dry_run:
+            p.error(
+                "--dry-run is for --dataplane ipvs; `lvs-compile emit --target xdp-maps` "
+                "shows what the XDP maps would hold"
+            )
+        if not args.interface:
+            p.error("--dataplane xdp needs --interface IF")
+        return apply_xdp(args)
+    if not args.config:
+        p.error("show --dataplane xdp needs the CONFIG the program was built from")
+    return show_xdp(args)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -250,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_USAGE
     try:
+        if args.dataplane == "xdp":
+            return _xdp(p, args)
         return _apply(args) if args.command == "apply" else _show(args)
     except BrokenPipeError:
         return EXIT_OK
