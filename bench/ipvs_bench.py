@@ -16,7 +16,7 @@ What is timed, in seconds of wall clock inside the VM:
 - ``change_diff_apply_s``: one weight change as the daemon does it, diffing against
   the state it holds (no kernel read) and applying the single ``-e``;
 - ``change_converge_s``: the same change through ``converge`` (full read, diff,
-  apply, full read-back) — what ``lvs-router apply`` costs.
+  apply, full read-back) — what ``lvs-router apply`` costs (N <= 1000 only).
 """
 
 from __future__ import annotations
@@ -116,10 +116,11 @@ def guest(n: int, d: int, out: Path) -> None:
         k.apply(ops)
         res["change_diff_apply_s"] = time.perf_counter() - t0
         res["change_ops"] = " | ".join(str(o) for o in ops)
-        t0 = time.perf_counter()
-        back = converge(k, want)
-        res["change_converge_s"] = time.perf_counter() - t0
-        assert len(back) == 1
+        if n <= 1000:  # two full reads: see verify_read_s for larger tables
+            t0 = time.perf_counter()
+            back = converge(k, want)
+            res["change_converge_s"] = time.perf_counter() - t0
+            assert len(back) == 1
     res["apply_vs_restore"] = res["apply_s"] / res["restore_s"]
     out.write_text(json.dumps(res))
 
