@@ -8,8 +8,9 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the project needs: the venv module, /etc/services (port names),
 # and keepalived (the compile benchmark's baseline); bcc, kernel headers, iproute2,
-# ethtool and tcpdump for the XDP dataplane and its tests.
-APT_PACKAGES := python3-venv python3-pip netbase keepalived qemu-system-x86 linux-image-amd64 ipvsadm python3-bpfcc linux-headers-amd64 iproute2 ethtool tcpdump
+# ethtool and tcpdump for the XDP dataplane and its tests; qemu, the Debian kernel,
+# ipvsadm and busybox (virtme-ng builds its initramfs with it) for the IPVS VM tests.
+APT_PACKAGES := python3-venv python3-pip netbase keepalived qemu-system-x86 linux-image-amd64 ipvsadm python3-bpfcc linux-headers-amd64 iproute2 ethtool tcpdump busybox-static
 
 .PHONY: test demo bench lint format setup clean apt bpfenv
 
