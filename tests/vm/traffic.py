@@ -45,12 +45,16 @@ CLIENT = r"""
 import json, socket, sys
 vip, proto, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 counts = {}
-for _ in range(n):
+for i in range(n):
     if proto == "tcp":
-        s = socket.create_connection((vip, 80), timeout=10)
+        # a distinct source port per connection (see UDP below)
+        s = socket.create_connection((vip, 80), timeout=10, source_address=("0.0.0.0", 30000 + i))
         who = s.recv(100).decode(); s.close()
     else:
+        # a distinct source port per request: an ephemeral port the kernel hands out
+        # again would match the earlier IPVS UDP entry and go to the same real server
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10)
+        s.bind(("0.0.0.0", 20000 + i))
         s.sendto(b"who", (vip, 53)); who = s.recv(100).decode(); s.close()
     counts[who] = counts.get(who, 0) + 1
 print(json.dumps(counts))
