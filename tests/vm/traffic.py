@@ -44,17 +44,20 @@ while True:
 CLIENT = r"""
 import json, socket, sys
 vip, proto, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+# source ports of our own, distinct per VIP (a TIME_WAIT from an earlier case must
+# not block a bind) and below the ephemeral range
+base = 2000 + int(vip.rsplit(".", 1)[1]) * 100
 counts = {}
 for i in range(n):
     if proto == "tcp":
         # a distinct source port per connection (see UDP below)
-        s = socket.create_connection((vip, 80), timeout=10, source_address=("0.0.0.0", 30000 + i))
+        s = socket.create_connection((vip, 80), timeout=10, source_address=("0.0.0.0", base + i))
         who = s.recv(100).decode(); s.close()
     else:
         # a distinct source port per request: an ephemeral port the kernel hands out
         # again would match the earlier IPVS UDP entry and go to the same real server
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10)
-        s.bind(("0.0.0.0", 20000 + i))
+        s.bind(("0.0.0.0", base + i))
         s.sendto(b"who", (vip, 53)); who = s.recv(100).decode(); s.close()
     counts[who] = counts.get(who, 0) + 1
 print(json.dumps(counts))
