@@ -1,0 +1,1 @@
+"""nanny, rebuilt: per-real-server health checks (pure state machine + asyncio probes)."""

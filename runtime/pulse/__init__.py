@@ -1,0 +1,1 @@
+"""pulse, rebuilt: active/backup heartbeat, VIP takeover and gratuitous ARP."""
