@@ -55,6 +55,7 @@ from .reconcile import (
     StartDaemon,
     StopDaemon,
     SyncDaemon,
+    SyncedTable,
     SyncState,
     Timeouts,
     dest_key,
@@ -657,12 +658,68 @@ def converge(
     return ops
 
 
+class Reconciler:
+    """Keeps the last known kernel table; each sync diffs only what changed.
+
+    What the runtime daemon uses: :meth:`adopt` reads the kernel once at start (what is
+    there is adopted, not flushed), :meth:`sync` makes the kernel hold a desired state
+    by diffing it against the table held in memory (:class:`~dataplane.reconcile.SyncedTable`,
+    O(changed services), no kernel read) and applying the operations, and
+    :meth:`verify` is the periodic safety net: a full read, diff and repair, for
+    whatever changed the kernel behind our back.
+
+    The operations are exactly :func:`~dataplane.reconcile.reconcile`'s against the
+    kernel's table. When the kernel refuses one, :class:`ApplyError` propagates and the
+    held table is dropped: the next :meth:`sync` reads the kernel first.
+    """
+
+    def __init__(self, kernel: IPVSKernel, *, window: int = WINDOW) -> None:
+        self._kernel = kernel
+        self._window = window
+        self._table: SyncedTable | None = None
+        self._desired: IPVSState | None = None  # the last state sync was asked for
+
+    def adopt(self) -> IPVSState:
+        """Read the kernel's table and hold it as the starting point."""
+        state = self._kernel.read().state
+        self._table = SyncedTable(state)
+        return state
+
+    def sync(self, desired: IPVSState) -> tuple[Op, ...]:
+        """Apply the minimal operations that make the kernel hold ``desired``; return them."""
+        self._desired = desired
+        if self._table is None:
+            self.adopt()
+        table = self._table
+        assert table is not None
+        plan = table.diff(desired)
+        if plan.ops:
+            try:
+                self._kernel.apply(plan.ops, window=self._window)
+            except IPVSError:
+                self._table = None  # the kernel holds part of the plan: read it next time
+                raise
+        table.commit(plan)
+        return plan.ops
+
+    def verify(self) -> tuple[Op, ...]:
+        """Re-read the kernel and repair any difference from the last desired state.
+
+        Before any :meth:`sync` there is nothing to repair to: it only re-reads.
+        """
+        self.adopt()
+        if self._desired is None:
+            return ()
+        return self.sync(self._desired)
+
+
 __all__ = [
     "ApplyError",
     "IPVSError",
     "IPVSKernel",
     "IPVSUnavailable",
     "KernelTable",
+    "Reconciler",
     "Stats",
     "VerifyError",
     "converge",

@@ -27,10 +27,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from itertools import compress
+from operator import is_not
 from types import MappingProxyType
 
 from compiler.emit.ipvsadm import Destination, Service, addrport, lines, table
-from compiler.model import Config, RealServer
+from compiler.model import Config, Protocol, RealServer
 
 # --------------------------------------------------------------------------- state
 
@@ -281,29 +283,28 @@ def _same_dest(a: Destination, b: Destination) -> bool:
     return (a.forwarding, a.weight) == (b.forwarding, b.weight)
 
 
-def reconcile(desired: IPVSState, observed: IPVSState) -> tuple[Op, ...]:
-    """The minimal ordered operations that turn ``observed`` into ``desired``."""
-    have = {service_key(s): s for s in observed.services}
-    want = {service_key(s): s for s in desired.services}
-    del_dests: list[Op] = []
-    del_svcs: list[Op] = []
-    edit_svcs: list[Op] = []
-    add_svcs: list[Op] = []
-    edit_dests: list[Op] = []
-    add_dests: list[Op] = []
+class _Groups:
+    """The operation groups of a diff, filled service by service, concatenated in order."""
 
-    for key, old in sorted(have.items(), key=lambda kv: _sort_key(kv[1])):
-        if key not in want:
-            del_svcs.append(DeleteService(_bare(old)))
-    for key, new in want.items():
+    __slots__ = ("add_dests", "add_svcs", "del_dests", "del_svcs", "edit_dests", "edit_svcs")
+
+    def __init__(self) -> None:
+        self.del_dests: list[Op] = []
+        self.del_svcs: list[Op] = []
+        self.edit_svcs: list[Op] = []
+        self.add_svcs: list[Op] = []
+        self.edit_dests: list[Op] = []
+        self.add_dests: list[Op] = []
+
+    def service(self, new: Service, old: Service | None) -> None:
+        """The operations that make the kernel's ``old`` (``None``: absent) into ``new``."""
         bare = _bare(new)
-        old = have.get(key)
         if old is None:
-            add_svcs.append(AddService(bare))
-            add_dests.extend(AddDest(bare, d) for d in new.destinations)
-            continue
+            self.add_svcs.append(AddService(bare))
+            self.add_dests.extend(AddDest(bare, d) for d in new.destinations)
+            return
         if not _same_service(old, new):
-            edit_svcs.append(EditService(bare))
+            self.edit_svcs.append(EditService(bare))
         old_dests = {dest_key(d): d for d in old.destinations}
         new_keys = set()
         for d in new.destinations:
@@ -311,14 +312,38 @@ def reconcile(desired: IPVSState, observed: IPVSState) -> tuple[Op, ...]:
             new_keys.add(k)
             was = old_dests.get(k)
             if was is None:
-                add_dests.append(AddDest(bare, d))
+                self.add_dests.append(AddDest(bare, d))
             elif not _same_dest(was, d):
-                edit_dests.append(EditDest(bare, d))
-        gone = [d for k, d in old_dests.items() if k not in new_keys]
-        gone.sort(key=dest_key)
-        del_dests.extend(DeleteDest(bare, d) for d in gone)
+                self.edit_dests.append(EditDest(bare, d))
+        if len(new_keys) != len(old_dests) or not new_keys.issuperset(old_dests):
+            gone = [d for k, d in old_dests.items() if k not in new_keys]
+            gone.sort(key=dest_key)
+            self.del_dests.extend(DeleteDest(bare, d) for d in gone)
 
-    ops = del_dests + del_svcs + edit_svcs + add_svcs + edit_dests + add_dests
+    def delete(self, olds: Iterable[Service]) -> None:
+        """Services only the kernel has, deleted in a deterministic order."""
+        self.del_svcs.extend(DeleteService(_bare(old)) for old in sorted(olds, key=_sort_key))
+
+    def ops(self) -> list[Op]:
+        return (
+            self.del_dests
+            + self.del_svcs
+            + self.edit_svcs
+            + self.add_svcs
+            + self.edit_dests
+            + self.add_dests
+        )
+
+
+def reconcile(desired: IPVSState, observed: IPVSState) -> tuple[Op, ...]:
+    """The minimal ordered operations that turn ``observed`` into ``desired``."""
+    have = {service_key(s): s for s in observed.services}
+    want = {service_key(s): s for s in desired.services}
+    groups = _Groups()
+    groups.delete(old for key, old in have.items() if key not in want)
+    for key, new in want.items():
+        groups.service(new, have.get(key))
+    ops = groups.ops()
     ops.extend(_timeouts(desired.timeouts, observed.timeouts))
     ops.extend(_daemons(desired.daemons, observed.daemons))
     return tuple(ops)
@@ -353,6 +378,134 @@ def _daemons(want: tuple[SyncDaemon, ...] | None, have: tuple[SyncDaemon, ...] |
         if new is not None and cur != new:
             ops.append(StartDaemon(new))
     return ops
+
+
+# --------------------------------------------------------------------------- incremental
+
+
+def kernel_form(svc: Service) -> Service:
+    """A desired service as reading the kernel back gives it: no lvs.cf virtual names,
+    and an fwmark service with no address or port."""
+    if svc.fwmark and (svc.address is not None or svc.port or svc.protocol is not Protocol.TCP):
+        svc = replace(svc, address=None, port=0, protocol=Protocol.TCP)
+    return replace(svc, virtuals=()) if svc.virtuals else svc
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """A diff from :meth:`SyncedTable.diff`: the operations, and what committing them changes."""
+
+    ops: tuple[Op, ...]
+    desired: IPVSState
+    changed: tuple[tuple[tuple, Service], ...]  # (key, desired service) diffed
+    deleted: tuple[tuple, ...]  # keys of services the kernel loses
+    keys: tuple[tuple, ...] | None  # the desired services' keys when recomputed
+
+
+class SyncedTable:
+    """The kernel table as this process last left it, keyed by service; diffs a new
+    desired state against it by visiting only the services that changed.
+
+    :func:`reconcile` is O(table): it keys every service and destination of both sides.
+    A daemon that holds the table it last applied can do better. :meth:`diff` returns
+    exactly ``reconcile(desired, observed)`` — same operations, same order — where
+    ``observed`` is what a kernel read would give now, but it finds the services to
+    diff by comparing the new desired services with the last committed ones:
+
+    * same number of services and, where the objects differ, the same keys at the same
+      positions (a weight change, a server down, a scheduler edit): the unchanged
+      positions are found by object identity at C speed (``map(is_not, …)``), so a
+      desired state that reuses the unchanged ``Service`` objects costs O(changed);
+      equal-but-new objects cost one ``==`` each;
+    * otherwise (services added, removed or reordered): every service is keyed, and
+      only those not identical to the last committed one at their key are diffed.
+
+    The invariant behind both: after :meth:`commit`, every service the last desired
+    state holds matches the kernel's (the ops made it so), so an unchanged desired
+    service needs no operation. A failed apply breaks it; then the owner re-reads the
+    kernel into a new ``SyncedTable``.
+    """
+
+    __slots__ = ("_daemons", "_have", "_last", "_last_by_key", "_last_keys", "_timeouts")
+
+    def __init__(self, observed: IPVSState) -> None:
+        self._have: dict[tuple, Service] = {
+            service_key(s): kernel_form(s) for s in observed.services
+        }
+        self._timeouts = observed.timeouts
+        self._daemons = observed.daemons
+        self._last: tuple[Service, ...] | None = None  # the desired services last committed
+        self._last_keys: tuple[tuple, ...] = ()
+        self._last_by_key: dict[tuple, Service] = {}
+
+    @property
+    def state(self) -> IPVSState:
+        """What the kernel holds, as far as this table knows (O(table): for tests, verify)."""
+        return IPVSState(tuple(self._have.values()), self._timeouts, self._daemons)
+
+    def diff(self, desired: IPVSState) -> Plan:
+        """The operations :func:`reconcile` would give against the current kernel table."""
+        found = self._aligned(desired.services)
+        groups = _Groups()
+        if found is not None:
+            changed, deleted, keys = found, (), None
+        else:
+            keys = tuple(map(service_key, desired.services))
+            want = dict(zip(keys, desired.services, strict=True))
+            last = self._last_by_key
+            changed = [(k, s) for k, s in want.items() if last.get(k) is not s]
+            deleted = tuple(self._have.keys() - want.keys())
+            groups.delete(self._have[k] for k in deleted)
+        for key, new in changed:
+            groups.service(new, self._have.get(key))
+        ops = groups.ops()
+        ops.extend(_timeouts(desired.timeouts, self._timeouts))
+        ops.extend(_daemons(desired.daemons, self._daemons))
+        return Plan(tuple(ops), desired, tuple(changed), deleted, keys)
+
+    def _aligned(self, services: tuple[Service, ...]) -> list[tuple[tuple, Service]] | None:
+        """The changed (key, service) pairs when ``services`` has the last keys in the
+        last order; ``None`` when it does not (or nothing was committed yet)."""
+        last = self._last
+        if last is None or len(services) != len(last):
+            return None
+        changed = []
+        last_keys = self._last_keys
+        for i in compress(range(len(services)), map(is_not, services, last)):
+            new = services[i]
+            key = service_key(new)
+            if key != last_keys[i]:
+                return None
+            if new != last[i]:
+                changed.append((key, new))
+        return changed
+
+    def commit(self, plan: Plan) -> None:
+        """Record that the kernel applied every operation of ``plan``."""
+        have = self._have
+        for key in plan.deleted:
+            del have[key]
+        for key, new in plan.changed:
+            have[key] = kernel_form(new)
+        desired = plan.desired
+        services = desired.services
+        if plan.keys is None:
+            for key, new in plan.changed:
+                self._last_by_key[key] = new
+            self._last = services
+        else:
+            self._last_by_key = dict(zip(plan.keys, services, strict=True))
+            # a desired state with two services of one key is diffed like reconcile
+            # (the last one wins), but positions no longer name services: no fast path
+            unique = len(self._last_by_key) == len(services)
+            self._last = services if unique else None
+            self._last_keys = plan.keys
+        if desired.timeouts is not None:
+            self._timeouts = simulate(
+                IPVSState(timeouts=self._timeouts), [SetTimeouts(desired.timeouts)]
+            ).timeouts
+        if desired.daemons is not None:
+            self._daemons = desired.daemons
 
 
 # --------------------------------------------------------------------------- simulation
@@ -423,13 +576,16 @@ __all__ = [
     "IPVSState",
     "Op",
     "Overrides",
+    "Plan",
     "SetTimeouts",
     "StartDaemon",
     "StopDaemon",
     "SyncDaemon",
     "SyncState",
+    "SyncedTable",
     "Timeouts",
     "desired_state",
+    "kernel_form",
     "reconcile",
     "service_key",
     "simulate",
