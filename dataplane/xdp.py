@@ -60,6 +60,34 @@ def _bcc():
     return BPF
 
 
+def attach_xdp(fn: object, ifname: str, mode: str = "native") -> str:
+    """Attach the bcc function ``fn`` to ``ifname`` in ``mode`` (native, generic, or
+    auto: native, else generic with a warning), replacing any program there in one
+    netlink operation; returns the mode used."""
+    BPF = _bcc()
+    if mode == "generic":
+        BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS_SKB_MODE)
+        return "generic"
+    try:
+        BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS_DRV_MODE)
+        return "native"
+    except Exception as err:
+        if mode != "auto":
+            raise
+        warnings.warn(
+            f"{ifname}: native XDP refused ({err}); running in generic mode, which is much slower",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        BPF.attach_xdp(ifname.encode(), fn, XDP_FLAGS_SKB_MODE)
+        return "generic"
+
+
+def detach_xdp(ifname: str, mode: str = "native") -> None:
+    flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
+    _bcc().remove_xdp(ifname.encode(), flags)
+
+
 class XdpDataplane:
     def __init__(
         self,
@@ -159,29 +187,11 @@ class XdpDataplane:
     # attachment
     def attach(self, ifname: str, mode: str = "native") -> str:
         """Attach (replacing any program there atomically); returns the mode used."""
-        BPF = _bcc()
-        if mode == "generic":
-            BPF.attach_xdp(ifname, self.fn, XDP_FLAGS_SKB_MODE)
-            return "generic"
-        try:
-            BPF.attach_xdp(ifname, self.fn, XDP_FLAGS_DRV_MODE)
-            return "native"
-        except Exception as err:
-            if mode != "auto":
-                raise
-            warnings.warn(
-                f"{ifname}: native XDP refused ({err}); running in generic mode, which is "
-                "much slower",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            BPF.attach_xdp(ifname, self.fn, XDP_FLAGS_SKB_MODE)
-            return "generic"
+        return attach_xdp(self.fn, ifname, mode)
 
     @staticmethod
     def detach(ifname: str, mode: str = "native") -> None:
-        flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
-        _bcc().remove_xdp(ifname, flags)
+        detach_xdp(ifname, mode)
 
     def pin_program(self) -> str:
         """Pin the program next to its maps (for bpftool and for inspection)."""

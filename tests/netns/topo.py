@@ -17,12 +17,15 @@ tests/netns/conftest.py)::
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import itertools
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -185,3 +188,28 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+CLONE_NEWNET = 0x40000000
+
+
+@contextlib.contextmanager
+def inside(ns: Netns) -> Iterator[None]:
+    """Run the body with the calling thread in ``ns``'s network namespace (setns), and
+    come back afterwards: for in-process work such as attaching an XDP program by
+    interface name or opening a netlink socket there. Sockets opened inside stay in
+    ``ns``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        if libc.setns(target, CLONE_NEWNET):
+            raise OSError(ctypes.get_errno(), f"setns into {ns.name}")
+        try:
+            yield
+        finally:
+            if libc.setns(home, CLONE_NEWNET):
+                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
+    finally:
+        os.close(target)
+        os.close(home)
