@@ -94,7 +94,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _emit(args: argparse.Namespace) -> int:
-    from .emit import TARGETS, EmitError
+    from .emit import NOTES, TARGETS, EmitError
 
     results = _load_all([args.file], Dialect(args.dialect))
     if results is None:
@@ -111,6 +111,8 @@ def _emit(args: argparse.Namespace) -> int:
         sys.stderr.write(err.render())
         print(f"lvs-compile: {args.file}: nothing emitted", file=sys.stderr)
         return EXIT_ERRORS
+    for note in NOTES.get(args.target, lambda _config: [])(result.config):
+        print(note, file=sys.stderr)
     sys.stdout.write(text)
     return EXIT_OK
 

@@ -66,6 +66,24 @@ class PlanError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class PlanNote:
+    """Something the XDP dataplane does differently from IPVS for this config (an
+    fwmark matched by port, an approximated scheduler, an ignored real-server port),
+    with the lvs.cf position that asks for it. ``str()`` is ``FILE:LINE:COL: MESSAGE``;
+    :meth:`render` the diagnostic-style line ``FILE:LINE:COL: note: MESSAGE`` that
+    ``lvs-compile emit --target xdp`` and ``lvs-router apply --dataplane xdp`` print."""
+
+    message: str
+    span: Span | None = None
+
+    def __str__(self) -> str:
+        return f"{self.span}: {self.message}" if self.span else self.message
+
+    def render(self) -> str:
+        return f"{self.span}: note: {self.message}" if self.span else f"note: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
 class Sizes:
     """Compile-time sizes (lb_consts.h names in :meth:`defines`)."""
 
@@ -130,7 +148,7 @@ class Plan:
     services: tuple[ServicePlan, ...]
     features: frozenset[str]
     sizes: Sizes
-    notes: tuple[str, ...] = ()
+    notes: tuple[PlanNote, ...] = ()
 
     @property
     def reals(self) -> tuple[RealPlan, ...]:
@@ -148,7 +166,11 @@ def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address:
 
 
 def _service(
-    group: list[VirtualService], config: Config, index: int, first_real: int, notes: list
+    group: list[VirtualService],
+    config: Config,
+    index: int,
+    first_real: int,
+    notes: list[PlanNote],
 ) -> ServicePlan:
     vs = group[0]  # virtuals sharing an fwmark and VIP: the first one's settings
     span = vs.span
@@ -165,16 +187,24 @@ def _service(
     hash_by, approx = _HASH[vs.scheduler]
     if approx:
         notes.append(
-            f"virtual {vs.name}: scheduler {vs.scheduler.value} is approximated by "
-            f"{approx} in the XDP dataplane (no connection counts yet)"
+            PlanNote(
+                f"virtual {vs.name}: scheduler {vs.scheduler.value} is approximated by "
+                f"{approx} in the XDP dataplane (no connection counts yet)",
+                vs.spans.get("scheduler", span),
+            )
         )
     port = 0 if vs.is_fwmark else vs.port
     if vs.is_fwmark:
         names = " and ".join(v.name for v in group)
-        notes.append(
-            f"virtual {names}: fwmark {vs.fwmark} is matched as every "
-            f"{vs.protocol.value} port of {vip}"
-        )
+        for member in group:
+            notes.append(
+                PlanNote(
+                    f"virtual {names}: fwmark {vs.fwmark} is matched as every "
+                    f"{vs.protocol.value} port of {vip} by the XDP dataplane (it sees no "
+                    "firewall marks): traffic to other ports of this VIP is balanced too",
+                    member.spans.get("fwmark", member.span),
+                )
+            )
     flags = SVC_F_TUNNEL if method is Network.TUNNEL else 0
     if hash_by == "source":
         flags |= SVC_F_HASH_SRC
@@ -191,8 +221,11 @@ def _service(
             address = _ipv4(rs.address, f"server {rs.name}: address", rs.span)
             if port and rs.port != vs.port:
                 notes.append(
-                    f"virtual {vs.name}: server {rs.name} port {rs.port} is ignored: "
-                    f"{method.value} forwarding keeps the destination port {vs.port}"
+                    PlanNote(
+                        f"virtual {vs.name}: server {rs.name} port {rs.port} is ignored: "
+                        f"{method.value} forwarding keeps the destination port {vs.port}",
+                        rs.spans.get("port", rs.span),
+                    )
                 )
             rport = vs.port if port else rs.port
             if any(r.key == f"{address}:{rport}" for r in reals):
@@ -228,7 +261,7 @@ def _service(
 
 def plan(config: Config, sizes: Sizes | None = None) -> Plan:
     """The XDP dataplane's view of ``config`` (its active virtual services)."""
-    notes: list[str] = []
+    notes: list[PlanNote] = []
     groups: dict[tuple, list[VirtualService]] = {}
     for vs in config.active_virtuals:
         if vs.address is None:

@@ -108,7 +108,7 @@ def apply_xdp(args: Any) -> int:
         print("  = help: pass --real-mac RIP=MAC, or ping them so the neighbour table knows them")
         return EXIT_ERRORS
     for note in p.notes:
-        print(f"note: {note}", file=sys.stderr)
+        print(note.render(), file=sys.stderr)
     dp = XdpDataplane(p, source=args.config)
     dp.sync(macs)
     mode = dp.attach(args.interface, args.xdp_mode)

@@ -16,6 +16,9 @@ from ..source import Span
 
 Emitter = Callable[[Config], str]
 TARGETS: dict[str, Emitter] = {}
+# Targets that do something differently from what lvs.cf says for IPVS (the XDP
+# dataplane) explain it: lines ``FILE:LINE:COL: note: ...`` the CLI prints on stderr.
+NOTES: dict[str, Callable[[Config], list[str]]] = {}
 
 
 class EmitError(Exception):
@@ -61,6 +64,7 @@ def _load() -> None:
             "xdp-maps": xdp.emit_maps,
         }
     )
+    NOTES.update({"xdp": xdp.notes, "xdp-maps": xdp.notes})
 
 
-__all__ = ["TARGETS", "EmitError", "Emitter", "emit"]
+__all__ = ["NOTES", "TARGETS", "EmitError", "Emitter", "emit"]

@@ -31,6 +31,19 @@ def emit_c(config: Config) -> str:
     return render(_plan(config, "xdp"), pin_dir=PIN_DIR, source=config.file or None)
 
 
+def notes(config: Config) -> list[str]:
+    """What the XDP dataplane does differently from IPVS for this config, one
+    ``FILE:LINE:COL: note: ...`` line each (fwmark services matched as every port of
+    their VIP, approximated schedulers, ignored real-server ports). These are notes of
+    the target, not of the file, so they are not diagnostics of ``lvs-compile check``."""
+    from dataplane.plan import PlanError, plan
+
+    try:
+        return [n.render() for n in plan(config).notes]
+    except PlanError:
+        return []  # the emitter itself reports it, with its line
+
+
 def _flag_names(flags: int, names: dict[int, str]) -> list[str]:
     return [name for bit, name in names.items() if flags & bit]
 
@@ -84,7 +97,7 @@ def emit_maps(config: Config) -> str:
     doc = {
         "sizes": dict(plan.sizes.defines()),
         "features": sorted(plan.features),
-        "notes": list(plan.notes),
+        "notes": [str(n) for n in plan.notes],
         "services": services,
         "vips": [{"vip": v, "proto": p, "services": n} for (v, p), n in vips.items()],
         "reals": [

@@ -9,6 +9,7 @@ import pytest
 
 from compiler import compile_file, compile_text
 from compiler.emit import EmitError, emit
+from dataplane.plan import plan
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,3 +56,35 @@ def test_nat_is_refused_with_the_line() -> None:
     with pytest.raises(EmitError, match="network = nat is not supported") as err:
         emit("xdp-maps", compile_text("n.cf", cf).config)
     assert err.value.span is not None
+
+
+def test_emit_xdp_prints_target_notes_with_their_lvs_cf_position(capsys) -> None:
+    """fwmark services are matched as every port of their VIP: the compiler says so,
+    at the fwmark line, when compiling for XDP (and only then)."""
+    from compiler.cli import main
+
+    cf = str(ROOT / "tests/bpf/lb.cf")
+    lines = (ROOT / "tests/bpf/lb.cf").read_text().splitlines()
+    fwmark_line = next(i for i, t in enumerate(lines, 1) if t.strip().startswith("fwmark"))
+    for target in ("xdp", "xdp-maps"):
+        assert main(["emit", "--target", target, cf]) == 0
+        out, err = capsys.readouterr()
+        assert out.startswith("/*" if target == "xdp" else "{")
+        assert (
+            f"{cf}:{fwmark_line}:5: note: virtual marked: fwmark 1 is matched as every tcp "
+            "port of 198.18.0.13 by the XDP dataplane" in err
+        )
+    assert main(["check", cf]) == 0
+    assert "fwmark 1 is matched" not in "".join(capsys.readouterr())
+    assert main(["emit", "--target", "ipvsadm", cf]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_approximated_scheduler_note_points_at_the_scheduler_line() -> None:
+    cf = "network = direct\nvirtual v {\n active = 1\n address = 198.18.0.1 eth0:1\n"
+    cf += " port = 80\n scheduler = wlc\n server s {\n  address = 198.18.1.1\n  active = 1\n"
+    cf += " }\n}\n"
+    notes = plan(compile_text("w.cf", cf).config).notes
+    assert [str(n.span) for n in notes] == ["w.cf:6:2"]
+    assert "scheduler wlc is approximated by wrr" in notes[0].message
+    assert notes[0].render().startswith("w.cf:6:2: note: virtual v: scheduler wlc")
