@@ -1,5 +1,7 @@
 """The few libbpf calls bcc 0.26 has no Python wrapper for, through ctypes:
-``bpf_prog_test_run_opts`` (BPF_PROG_RUN), ``bpf_obj_pin`` and ``bpf_obj_get``."""
+``bpf_prog_test_run_opts`` (BPF_PROG_RUN), ``bpf_obj_pin``, ``bpf_obj_get``,
+``bpf_obj_get_info_by_fd`` (a pinned map's shape) and the raw element calls used to
+copy a pinned map's entries into its replacement."""
 
 from __future__ import annotations
 
@@ -41,6 +43,14 @@ def _lib() -> ct.CDLL:
     lib.bpf_obj_pin.restype = ct.c_int
     lib.bpf_obj_get.argtypes = [ct.c_char_p]
     lib.bpf_obj_get.restype = ct.c_int
+    lib.bpf_obj_get_info_by_fd.argtypes = [ct.c_int, ct.c_void_p, ct.POINTER(ct.c_uint32)]
+    lib.bpf_obj_get_info_by_fd.restype = ct.c_int
+    lib.bpf_map_get_next_key.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_get_next_key.restype = ct.c_int
+    lib.bpf_map_lookup_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p]
+    lib.bpf_map_lookup_elem.restype = ct.c_int
+    lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
+    lib.bpf_map_update_elem.restype = ct.c_int
     return lib
 
 
@@ -84,3 +94,54 @@ def obj_get(path: str) -> int:
         err = ct.get_errno()
         raise OSError(err, f"open pinned {path}: {os.strerror(err)}")
     return fd
+
+
+class _MapInfo(ct.Structure):
+    # the head of struct bpf_map_info (uapi bpf.h); the kernel fills what fits
+    _fields_ = [
+        ("type", ct.c_uint32),
+        ("id", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("name", ct.c_char * 16),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class MapInfo:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+def map_info(fd: int) -> MapInfo:
+    info = _MapInfo()
+    size = ct.c_uint32(ct.sizeof(info))
+    if _lib().bpf_obj_get_info_by_fd(fd, ct.byref(info), ct.byref(size)) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"map info: {os.strerror(err)}")
+    return MapInfo(info.type, info.key_size, info.value_size, info.max_entries, info.map_flags)
+
+
+def map_items(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, bytes]]:
+    """Every (key, value) of a hash map, as raw bytes (entries that vanish while we
+    walk are skipped)."""
+    lib = _lib()
+    out = []
+    prev, key = None, ct.create_string_buffer(key_size)
+    value = ct.create_string_buffer(value_size)
+    while lib.bpf_map_get_next_key(fd, prev, key) == 0:
+        if lib.bpf_map_lookup_elem(fd, key, value) == 0:
+            out.append((key.raw, value.raw))
+        prev = ct.create_string_buffer(key.raw, key_size)
+    return out
+
+
+def map_update(fd: int, key: bytes, value: bytes) -> None:
+    if _lib().bpf_map_update_elem(fd, key, value, 0) != 0:
+        err = ct.get_errno()
+        raise OSError(err, f"map update: {os.strerror(err)}")

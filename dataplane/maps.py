@@ -120,6 +120,66 @@ LAYOUTS: dict[str, tuple[Any, Any]] = {
 }
 
 
+# what the kernel reports for each map of the program (bpf_map_info), to tell whether
+# a pinned map from an earlier program can be adopted as it is
+HASH, ARRAY, PERCPU_ARRAY, LRU_HASH = 1, 2, 6, 9
+F_NO_COMMON_LRU = 1 << 1
+KINDS = {
+    "services": (HASH, 0),
+    "vips": (HASH, 0),
+    "reals": (ARRAY, 0),
+    "rings": (ARRAY, 0),
+    "conntrack": (LRU_HASH, F_NO_COMMON_LRU),
+    "persist": (LRU_HASH, 0),
+    "globals": (ARRAY, 0),
+    "service_stats": (PERCPU_ARRAY, 0),
+    "real_stats": (PERCPU_ARRAY, 0),
+    "global_stats": (PERCPU_ARRAY, 0),
+}
+GLOBAL_SLOTS = 16  # GLOBAL_COUNTERS in lb_consts.h
+
+
+def possible_cpus() -> int:
+    """The kernel's num_possible_cpus() (per-CPU LRU maps round their size to it)."""
+    n = 0
+    with open("/sys/devices/system/cpu/possible") as f:
+        for part in f.read().strip().split(","):
+            lo, _, hi = part.partition("-")
+            n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+@dataclass(frozen=True, slots=True)
+class MapShape:
+    type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int
+
+
+def shapes(sizes: Sizes) -> dict[str, MapShape]:
+    """The shape of every map of a program built with ``sizes``, as the kernel
+    reports it (``bpf_obj_get_info_by_fd``)."""
+    entries = {
+        "services": sizes.max_services,
+        "vips": sizes.max_services,
+        "reals": sizes.max_reals,
+        "rings": sizes.max_services * sizes.ring_size,
+        "conntrack": -(-sizes.ct_size // possible_cpus()) * possible_cpus(),
+        "persist": sizes.persist_size,
+        "globals": 1,
+        "service_stats": sizes.max_services,
+        "real_stats": sizes.max_reals,
+        "global_stats": GLOBAL_SLOTS,
+    }
+    out = {}
+    for name, (key, value) in LAYOUTS.items():
+        kind, flags = KINDS[name]
+        out[name] = MapShape(kind, ct.sizeof(key), ct.sizeof(value), entries[name], flags)
+    return out
+
+
 class LayoutError(RuntimeError):
     pass
 

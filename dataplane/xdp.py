@@ -16,6 +16,7 @@ attach, pin, adopt.
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from collections.abc import Mapping
@@ -27,8 +28,8 @@ import numpy as np
 
 from . import maglev
 from .bpf.render import PIN_DIR, render
-from .libbpf import obj_pin
-from .maps import LbMaps
+from .libbpf import map_info, map_items, map_update, obj_get, obj_pin
+from .maps import HASH, LRU_HASH, LbMaps, MapShape, shapes
 from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, ServicePlan
 
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -46,6 +47,29 @@ class RealState:
 
     failed: bool = False
     weight: int | None = None
+
+
+log = logging.getLogger(__name__)
+# what a map holds, for the warning when a resized map is replaced
+_CONTENT = {
+    "conntrack": "tracked flows",
+    "persist": "persistence templates",
+    "service_stats": "per-service counters",
+    "real_stats": "per-real-server counters",
+    "global_stats": "global counters",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacedMap:
+    """A pinned map whose shape did not fit the new program (a size in lvs.cf or
+    :class:`~dataplane.plan.Sizes` changed): unpinned and created anew. ``copied``
+    entries of a hash map were carried over (None: not copyable, contents lost)."""
+
+    name: str
+    old: MapShape
+    new: MapShape
+    copied: int | None
 
 
 class MissingMac(ValueError):
@@ -99,13 +123,20 @@ class XdpDataplane:
     ):
         self.plan = plan
         self.pin_dir = pin_dir
+        old: dict[str, tuple[int, MapShape]] = {}
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)
+            old = self._unpin_misfits(pin_dir)
         self.text = render(plan, pin_dir=pin_dir, source=source, features=features)
         BPF = _bcc()
-        self.bpf = BPF(text=self.text.encode())
-        self.fn = self.bpf.load_func(PROGRAM.encode(), BPF.XDP)
-        self.maps = LbMaps(self.bpf, plan.sizes)
+        try:
+            self.bpf = BPF(text=self.text.encode())
+            self.fn = self.bpf.load_func(PROGRAM.encode(), BPF.XDP)
+            self.maps = LbMaps(self.bpf, plan.sizes)
+            self.replaced = self._carry_over(old)
+        finally:
+            for fd, _shape in old.values():
+                os.close(fd)
         self._written: dict[int, np.ndarray] = {}  # service index -> real ids written
         self._bases: dict[tuple, np.ndarray] = {}
         self._stale_cleared = False
@@ -113,6 +144,68 @@ class XdpDataplane:
     @property
     def prog_fd(self) -> int:
         return self.fn.fd
+
+    # pinned maps of another shape
+    def _unpin_misfits(self, pin_dir: str) -> dict[str, tuple[int, MapShape]]:
+        """Unpin every pinned map whose shape differs from what this program needs
+        (bcc would silently adopt it at the old size), keeping an fd to each so that
+        :meth:`_carry_over` can copy its entries. A running program keeps using the
+        unpinned maps until the new one replaces it."""
+        misfits = {}
+        for name, want in shapes(self.plan.sizes).items():
+            path = Path(pin_dir) / name
+            if not path.exists():
+                continue
+            fd = obj_get(str(path))
+            info = map_info(fd)
+            have = MapShape(info.type, info.key_size, info.value_size, info.max_entries, info.flags)
+            if have == want:
+                os.close(fd)
+                continue
+            path.unlink()
+            misfits[name] = (fd, have)
+        return misfits
+
+    def _carry_over(self, old: dict[str, tuple[int, MapShape]]) -> list[ReplacedMap]:
+        """Copy what can be copied from the unpinned maps into the new ones (hash
+        maps whose key and value did not change: tracked flows and persistence
+        templates survive a resize, up to the new size) and say what was lost."""
+        replaced = []
+        want = shapes(self.plan.sizes)
+        for name, (fd, have) in sorted(old.items()):
+            new = want[name]
+            copied = None
+            same_layout = (have.type, have.key_size, have.value_size) == (
+                new.type,
+                new.key_size,
+                new.value_size,
+            )
+            if same_layout and new.type in (HASH, LRU_HASH):
+                new_fd = self.bpf[name.encode()].map_fd
+                copied = 0
+                for key, value in map_items(fd, have.key_size, have.value_size):
+                    try:
+                        map_update(new_fd, key, value)
+                    except OSError:
+                        break  # a smaller plain hash map is full
+                    copied += 1
+            what = _CONTENT.get(name, "contents (rewritten by sync)")
+            fate = f"{copied} entries copied" if copied is not None else f"{what} dropped"
+            log.warning(
+                "pinned map %s/%s has %d entries of %d+%d bytes, the new program needs %d "
+                "of %d+%d: replaced, %s",
+                self.pin_dir,
+                name,
+                have.max_entries,
+                have.key_size,
+                have.value_size,
+                new.max_entries,
+                new.key_size,
+                new.value_size,
+                fate,
+            )
+            replaced.append(ReplacedMap(name, have, new, copied))
+        return replaced
 
     # desired state -> maps
     def table(self, svc: ServicePlan, state: Mapping[int, RealState]) -> np.ndarray:

@@ -3,6 +3,8 @@ tracked flows, persistence templates and counters of the first."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from compiler import compile_file
-from dataplane.libbpf import prog_run
+from dataplane.libbpf import map_info, obj_get, prog_run
+from dataplane.maps import shapes
 from dataplane.plan import plan
 from dataplane.xdp import RealState, XdpDataplane
 
@@ -59,3 +62,55 @@ def test_second_program_adopts_flows_and_counters(pin_dir: str) -> None:
     assert out.retval == XDP_TX and out.data[:6] == real_mac
     assert second.maps.global_counters()["ct_hit"] == 1
     second.close()
+
+
+def test_size_change_replaces_the_pinned_maps_and_keeps_the_flows(
+    pin_dir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More services and a bigger conntrack table: the misfit pins are replaced (bcc
+    would otherwise adopt them at their old size), tracked flows are copied over,
+    counters restart, and a warning says which maps and what was lost."""
+    config = compile_file(str(HERE / "lb.cf")).config
+    first = XdpDataplane(plan(config, SIZES), pin_dir=pin_dir)
+    first.sync(MACS)
+    assert first.replaced == []
+    syn = tcp_packet("198.18.9.5", "198.18.0.10", 41001, 80, SYN)
+    out = prog_run(first.prog_fd, syn)
+    assert out.retval == XDP_TX
+    real_mac = out.data[:6]
+    first.close()
+
+    bigger = dataclasses.replace(SIZES, max_services=16, ct_size=2039)
+    caplog.set_level(logging.WARNING, logger="dataplane.xdp")
+    second = XdpDataplane(plan(config, bigger), pin_dir=pin_dir)
+    replaced = {r.name: r for r in second.replaced}
+    assert sorted(replaced) == ["conntrack", "rings", "service_stats", "services", "vips"]
+    assert replaced["conntrack"].copied == 1
+    assert replaced["service_stats"].copied is None
+    assert replaced["rings"].new.max_entries == 16 * bigger.ring_size
+    for name in ("rings", "conntrack"):  # the pins now have the new shape
+        fd = obj_get(f"{pin_dir}/{name}")
+        assert map_info(fd).max_entries == shapes(bigger)[name].max_entries
+        os.close(fd)
+    text = caplog.text
+    assert "conntrack has 1022 entries" in text or "conntrack has 1021 entries" in text
+    assert "replaced, 1 entries copied" in text
+    assert "service_stats" in text and "per-service counters dropped" in text
+
+    second.sync(MACS)
+    assert second.maps.service_counters(0).packets == 0
+    ack = tcp_packet("198.18.9.5", "198.18.0.10", 41001, 80, ACK)
+    out = prog_run(second.prog_fd, ack)
+    assert out.retval == XDP_TX and out.data[:6] == real_mac
+    assert second.maps.global_counters()["ct_hit"] == 1
+    # the last slot of the new, longer rings map is written and read by the program
+    last = max(s.index for s in second.plan.services)
+    assert second.maps.ring_slot(last, bigger.ring_size - 1) != 0
+    second.close()
+
+    third = XdpDataplane(plan(config, bigger), pin_dir=pin_dir)
+    assert third.replaced == []
+    assert (IPv4Address("198.18.9.5"), 41001, IPv4Address("198.18.0.10"), 80, TCP) in (
+        third.maps.flows()
+    )
+    third.close()
