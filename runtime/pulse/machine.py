@@ -108,6 +108,8 @@ class Settings:
     has_active_cmd: bool = False
     has_inactive_cmd: bool = False
     forceactive: bool = False
+    # see Machine._backup_takes_stopped; False = piranha 0.8.6's row 5 to the letter
+    backup_defers_to_master: bool = True
 
     def __post_init__(self) -> None:
         if self.keepalive <= 0 or self.deadtime <= 0:
@@ -149,6 +151,7 @@ class Machine:
         self.started = False
         self.stopped = False
         self.last_heartbeat: float | None = None
+        self.stopped_since: float | None = None  # the peer has said STOPPED since then
         self.send_at: float | None = None
         self.dead_at: float | None = None
 
@@ -182,8 +185,10 @@ class Machine:
             return []
         out: list[Action] = []
         master = self.s.role is Role.MASTER
+        previous = self.peer
         if state is PeerState.RUNNING:
             self.peer = Peer.RUNNING
+            self.child_fail = False
             if self.active and not master:
                 # both active: the backup yields, after one last heartbeat so that the
                 # master's re-ARP answering it is the last word on the wire
@@ -196,16 +201,34 @@ class Machine:
                 if self.s.has_active_cmd:
                     out.append(RunCommand("active_cmd"))
                 out.append(ReArp())
-            else:
-                self.child_fail = False
-        else:
-            self.peer = Peer.STOPPED
-            if not self.active:
-                who = "backup" if master else "primary"
-                if self._may_activate():
-                    out.append(Log(f"{who} inactive: activating lvs"))
-                    out += self._activate()
+            return out
+        self.peer = Peer.STOPPED
+        if previous is not Peer.STOPPED:
+            self.stopped_since = now
+        if self.active or not self._may_activate():
+            return out
+        if master:
+            out.append(Log("backup inactive: activating lvs"))
+            out += self._activate()
+        elif self._backup_takes_stopped(previous, now):
+            out.append(Log("primary inactive: activating lvs"))
+            out += self._activate()
         return out
+
+    def _backup_takes_stopped(self, previous: Peer, now: float) -> bool:
+        """Row 5 of §3.5. piranha 0.8.6 activates an inactive backup on any STOPPED;
+        then when both start together whoever hears STOPPED first takes the VIPs, and
+        the backup may keep them. With ``backup_defers_to_master`` (our default) the
+        backup activates at once only when the primary *was* running and stopped (it
+        gave up: clean shutdown, link or director failure), or when the primary has
+        stayed inactive for a whole deadtime (it cannot start); otherwise the master,
+        which activates on our STOPPED, starts — "if neither is running, master
+        starts" (spec §3.5, the source's own summary)."""
+        if not self.s.backup_defers_to_master:
+            return True
+        if previous is Peer.RUNNING:
+            return True
+        return self.stopped_since is not None and now - self.stopped_since >= self.s.deadtime
 
     def handle_timer(self, now: float) -> list[Action]:
         """§3.4: the send deadline and the dead deadline, whichever are due."""
