@@ -71,10 +71,27 @@ def sh(cmd: str) -> None:
     subprocess.run(cmd, shell=True, check=True)
 
 
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2]
+
+
+def with_weight(state, i: int, j: int, weight: int):
+    """``state`` with one destination's weight changed; every other object reused."""
+    from dataplane.reconcile import IPVSState
+
+    svc = state.services[i]
+    dests = list(svc.destinations)
+    dests[j] = replace(dests[j], weight=weight)
+    svcs = list(state.services)
+    svcs[i] = replace(svc, destinations=tuple(dests))
+    return IPVSState(tuple(svcs))
+
+
 def guest(n: int, d: int, out: Path) -> None:
     from compiler.emit.ipvsadm import lines
-    from dataplane.ipvs import WINDOW, IPVSKernel, converge
-    from dataplane.reconcile import IPVSState, reconcile
+    from dataplane.ipvs import WINDOW, IPVSKernel, Reconciler, converge
+    from dataplane.reconcile import EditDest, reconcile
 
     sh("modprobe ip_vs && modprobe ip_vs_wlc")
     sh("ip link add d0 type dummy && ip link set d0 up")
@@ -83,11 +100,15 @@ def guest(n: int, d: int, out: Path) -> None:
     text = "".join(line + "\n" for svc in want.services for line in lines(svc))
     res: dict[str, float | int | str] = {"services": n, "dests_per_service": d}
     res["ops"] = n * (d + 1)
+    res["window"] = WINDOW
 
     sh("ipvsadm -C")
     t0 = time.perf_counter()
     subprocess.run(["ipvsadm-restore"], input=text, text=True, check=True)
     res["restore_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    subprocess.run(["ipvsadm-save", "-n"], stdout=subprocess.DEVNULL, check=True)
+    res["ipvsadm_save_s"] = time.perf_counter() - t0
     sh("ipvsadm -C")
 
     with IPVSKernel() as k:
@@ -96,32 +117,60 @@ def guest(n: int, d: int, out: Path) -> None:
             k.apply(reconcile(want, k.read().state), window=1)
             res["apply_window1_s"] = time.perf_counter() - t0
             sh("ipvsadm -C")
+        # the full apply, as the daemon starts: adopt the (empty) table, sync to want
+        rec = Reconciler(k)
         t0 = time.perf_counter()
-        ops = reconcile(want, k.read().state)
-        k.apply(ops, window=WINDOW)
+        rec.adopt()
+        ops = rec.sync(want)
         res["apply_s"] = time.perf_counter() - t0
+        assert len(ops) == n * (d + 1)
         t0 = time.perf_counter()
-        seen = k.read().state
-        res["verify_read_s"] = time.perf_counter() - t0
+        seen = k.read(stats=False).state
+        res["read_s"] = time.perf_counter() - t0
         assert reconcile(want, seen) == (), "read-back differs"
-
-        svc = want.services[n // 2]
-        changed = replace(svc.destinations[3], weight=svc.destinations[3].weight + 1)
-        dests = (*svc.destinations[:3], changed, *svc.destinations[4:])
-        svcs = list(want.services)
-        svcs[n // 2] = replace(svc, destinations=dests)
-        want2 = IPVSState(tuple(svcs))
         t0 = time.perf_counter()
-        ops = reconcile(want2, want)
-        k.apply(ops)
-        res["change_diff_apply_s"] = time.perf_counter() - t0
-        res["change_ops"] = " | ".join(str(o) for o in ops)
-        if n <= 1000:  # two full reads: see verify_read_s for larger tables
+        table = k.read()
+        res["read_stats_s"] = time.perf_counter() - t0
+        assert len(table.stats) == n * (d + 1)
+
+        # one weight change through Reconciler.sync, end to end (diff + one netlink
+        # request and its ack), repeated on different services; the desired state
+        # reuses the unchanged Service objects, as a daemon holding its table does
+        times = []
+        state = want
+        for r in range(21):
+            i = (n // 2 + r * 7919) % n
+            w = state.services[i].destinations[3].weight
+            state = with_weight(state, i, 3, w + 1)
             t0 = time.perf_counter()
-            back = converge(k, want)
+            ops = rec.sync(state)
+            times.append(time.perf_counter() - t0)
+            assert len(ops) == 1 and isinstance(ops[0], EditDest), ops
+        res["change_sync_median_s"] = _median(times)
+        res["change_sync_max_s"] = max(times)
+        res["change_ops"] = str(ops[0])
+        # the same with a desired state rebuilt from scratch (new, equal objects)
+        times = []
+        for r in range(5):
+            fresh = desired(n, d)
+            fresh = with_weight(fresh, r, 2, 50 + r)
+            t0 = time.perf_counter()
+            ops = rec.sync(fresh)
+            times.append(time.perf_counter() - t0)
+            assert len(ops) >= 1
+        res["change_sync_rebuilt_median_s"] = _median(times)
+        # the periodic safety net: full read, diff, nothing to repair
+        t0 = time.perf_counter()
+        assert rec.verify() == ()
+        res["verify_s"] = time.perf_counter() - t0
+        if n <= 1000:  # two full reads
+            back = with_weight(fresh, 0, 0, 77)
+            t0 = time.perf_counter()
+            ops = converge(k, back)
             res["change_converge_s"] = time.perf_counter() - t0
-            assert len(back) == 1
+            assert len(ops) == 1
     res["apply_vs_restore"] = res["apply_s"] / res["restore_s"]
+    res["read_vs_ipvsadm_save"] = res["read_s"] / res["ipvsadm_save_s"]
     out.write_text(json.dumps(res))
 
 
