@@ -13,8 +13,9 @@ Rules, after piranha 0.8.6 (spec §4.5-§4.8) with its reload bugs fixed:
   the daemon started (so a restart after SIGKILL drops no connection), and is out
   when there was nothing to adopt (nanny adds a server on its first good check).
 * Up: in, with the event's weight (slow start, load monitor) or the configured one.
-* Down: out, or in with weight 0 when the virtual has ``quiesce_server = 1``
-  (existing connections stay, no new ones).
+* Down: out, or in with weight 0 when the virtual has ``quiesce_server = 1`` and the
+  server has been in (existing connections stay, no new ones); as under nanny, a
+  server that never passed a check is simply absent.
 * ``sorry_server``: in when no server of its virtual is live (in with weight > 0),
   out as soon as one is.
 * A checker task that crashed: with ``hard_shutdown = 1`` (the default) the whole
@@ -69,6 +70,7 @@ class ServerState:
     reason: str = ""
     since: float | None = None  # ``now`` of the last change
     crashed: bool = False  # its checker died with hard_shutdown = 0: frozen
+    was_in: bool = False  # has been in the dataplane: only such a server is quiesced
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +152,10 @@ class Director:
         health = Health.UP if up else Health.DOWN
         if old.health is not health or old.weight != weight or old.reason != reason:
             since = now if old.health is not health else old.since
-            self.states[key] = ServerState(health, weight if up else None, reason, since)
+            was_in = old.was_in or up or before.present
+            self.states[key] = ServerState(
+                health, weight if up else None, reason, since, was_in=was_in
+            )
         return self.placement(key) != before
 
     def checker_crashed(self, virtual: str, server: str, reason: str, now: float) -> Verdict:
@@ -196,7 +201,7 @@ class Director:
         if st.health is Health.UP:
             return Placement(True, rs.weight if st.weight is None else st.weight)
         if st.health is Health.DOWN:
-            return Placement(True, 0) if vs.quiesce_server else OUT
+            return Placement(True, 0) if vs.quiesce_server and st.was_in else OUT
         return self.adopted.get(key, OUT)
 
     def sorry(self) -> frozenset[str]:
@@ -213,6 +218,10 @@ class Director:
             return Desired(replace(self.config, virtuals=()), MappingProxyType({}), frozenset())
         placements = {k: self.placement(k) for k in self._servers}
         return Desired(self.config, MappingProxyType(placements), self.sorry())
+
+    def health(self, key: Key) -> Health | None:
+        st = self.states.get(key)
+        return None if st is None else st.health
 
     def server(self, key: Key) -> tuple[VirtualService, RealServer]:
         return self._servers[key]

@@ -107,6 +107,18 @@ def test_quiesce_keeps_a_failed_server_at_weight_zero() -> None:
     assert ("dns", "a") in ov.quiesced and ("dns", "a") not in ov.down
 
 
+def test_a_server_that_never_passed_a_check_is_not_quiesced_but_absent() -> None:
+    d = Director(cfg())
+    d.server_event("dns", "a", False, None, "timeout", now=1.0)
+    assert d.placement(("dns", "a")) == OUT
+
+
+def test_an_adopted_server_that_fails_is_quiesced() -> None:
+    d = Director(cfg(), adopted={("dns", "a"): Placement(True, 1)})
+    d.server_event("dns", "a", False, None, "timeout", now=1.0)
+    assert d.placement(("dns", "a")) == Placement(True, 0)
+
+
 def test_events_for_unknown_servers_are_ignored() -> None:
     d = Director(cfg())
     assert not d.server_event("web", "off", True, None, "ok", now=1.0)

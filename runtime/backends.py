@@ -1,0 +1,332 @@
+"""Thin adapters from the director's decisions to a dataplane: IPVS or XDP.
+
+Both have the same small surface, which is all the daemon uses:
+
+* ``load(config)``: take a config (at start and on reload); raises
+  :class:`BackendError` with the lvs.cf position when the dataplane cannot serve it,
+  *before* anything is changed, so a bad reload leaves the old config in force;
+* ``adopt(config)``: what the dataplane already holds, as director placements (a
+  restarted daemon keeps serving without dropping a connection);
+* ``apply(desired)``: make the dataplane hold the director's decision (a diff, never a
+  flush); returns a short description of each change;
+* ``tick()``: periodic upkeep (XDP: follow the neighbour table; IPVS: nothing);
+* ``counters(config)``: packets/bytes/connections per virtual and per real server;
+* ``remove()``: delete our services (``--on-stop remove``); ``close()``: release
+  resources and leave the dataplane as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from ipaddress import IPv4Address
+from typing import Protocol
+
+from compiler.model import Config
+from compiler.source import Span
+
+from .director import (
+    OUT,
+    Desired,
+    Key,
+    Placement,
+    overrides,
+    servers,
+    with_sorry_servers,
+    xdp_index,
+    xdp_states,
+)
+
+log = logging.getLogger("lvs-router")
+
+
+class BackendError(Exception):
+    """The dataplane cannot serve a config (or refused a change)."""
+
+    def __init__(self, message: str, span: Span | None = None, help: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.help = help
+
+    def render(self) -> str:
+        where = f"{self.span}: " if self.span else ""
+        out = f"{where}error: {self.message}"
+        if self.help:
+            out += f"\n  = help: {self.help}"
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Counters:
+    """Traffic of one virtual or real server as the dataplane counts it."""
+
+    packets: int = 0
+    bytes: int = 0
+    connections: int = 0  # IPVS: connections scheduled; XDP: new flows
+    active: int | None = None  # IPVS only: active connections now
+
+
+class Backend(Protocol):
+    name: str
+
+    def load(self, config: Config) -> None: ...
+    def adopt(self, config: Config) -> dict[Key, Placement]: ...
+    def apply(self, desired: Desired) -> list[str]: ...
+    def tick(self) -> list[str]: ...
+    def counters(self, config: Config) -> dict[tuple[str, str | None], Counters]: ...
+    def remove(self) -> list[str]: ...
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- IPVS
+
+
+class IpvsBackend:
+    """The kernel's IPVS table through :class:`dataplane.ipvs.Reconciler`."""
+
+    name = "ipvs"
+
+    def __init__(self) -> None:
+        from dataplane.ipvs import IPVSError, IPVSKernel, Reconciler
+
+        try:
+            self._kernel = IPVSKernel()
+        except IPVSError as err:
+            raise BackendError(
+                str(err), help="load the ip_vs module, or use --dataplane xdp"
+            ) from err
+        self._rec = Reconciler(self._kernel)
+        self._config: Config | None = None
+
+    def load(self, config: Config) -> None:
+        from compiler.emit import EmitError
+        from dataplane.reconcile import desired_state
+
+        try:
+            desired_state(config)
+        except EmitError as err:
+            raise BackendError(err.message, err.span, err.help) from err
+        self._config = config
+
+    @staticmethod
+    def _dest_of(config: Config, vs, rs):
+        """(service key, destination key) that a server becomes in the IPVS table."""
+        from compiler.emit.ipvsadm import table
+        from dataplane.reconcile import dest_key, service_key
+
+        one = replace(config, virtuals=(replace(vs, servers=(replace(rs, active=True),)),))
+        (svc,) = table(one)
+        return service_key(svc), dest_key(svc.destinations[0])
+
+    def adopt(self, config: Config) -> dict[Key, Placement]:
+        from dataplane.reconcile import dest_key, service_key
+
+        state = self._rec.adopt()
+        held = {
+            (service_key(s), dest_key(d)): d.weight for s in state.services for d in s.destinations
+        }
+        out: dict[Key, Placement] = {}
+        for vs, rs in servers(config):
+            weight = held.get(self._dest_of(config, vs, rs))
+            if weight is not None:
+                out[(vs.name, rs.name)] = Placement(True, weight)
+        return out
+
+    def apply(self, desired: Desired) -> list[str]:
+        from dataplane.ipvs import IPVSError
+        from dataplane.reconcile import desired_state
+
+        try:
+            ops = self._rec.sync(desired_state(desired.config, overrides(desired)))
+        except IPVSError as err:
+            raise BackendError(f"IPVS refused a change: {err}") from err
+        return [f"ipvsadm {op}" for op in ops]
+
+    def tick(self) -> list[str]:
+        return []
+
+    def verify(self) -> list[str]:
+        return [f"ipvsadm {op} (repair)" for op in self._rec.verify()]
+
+    def counters(self, config: Config) -> dict[tuple[str, str | None], Counters]:
+        from dataplane.ipvs import Stats
+
+        seen = self._kernel.read()
+        out: dict[tuple[str, str | None], Counters] = {}
+        for vs, rs in servers(config):
+            skey, dkey = self._dest_of(config, vs, rs)
+            st = seen.stats.get((skey, dkey))
+            if st is not None:
+                out[(vs.name, rs.name)] = _ipvs_counters(st)
+            vst = seen.stats.get(skey, Stats())
+            out.setdefault((vs.name, None), _ipvs_counters(vst))
+        return out
+
+    def remove(self) -> list[str]:
+        from dataplane.reconcile import IPVSState
+
+        return [f"ipvsadm {op}" for op in self._rec.sync(IPVSState())]
+
+    def close(self) -> None:
+        self._kernel.close()
+
+
+def _ipvs_counters(st) -> Counters:
+    return Counters(
+        packets=st.inpkts + st.outpkts,
+        bytes=st.inbytes + st.outbytes,
+        connections=st.conns,
+        active=getattr(st, "active_conns", None),
+    )
+
+
+# --------------------------------------------------------------------------- XDP
+
+
+class XdpBackend:
+    """Our XDP program (dataplane/xdp.py) on one interface, with pinned maps.
+
+    A new config compiles a new program that reuses the pinned maps (tracked flows,
+    persistence templates, counters) and replaces the attached one atomically.
+    """
+
+    name = "xdp"
+
+    def __init__(
+        self,
+        interface: str,
+        *,
+        pin_dir: str | None = None,
+        mode: str = "native",
+        static_macs: Mapping[IPv4Address, bytes] | None = None,
+    ) -> None:
+        from dataplane.bpf.render import PIN_DIR
+
+        from .neighbours import Neighbours
+
+        self.interface = interface
+        self.pin_dir = pin_dir or PIN_DIR
+        self.mode = mode
+        self.neighbours = Neighbours(static_macs)
+        self._dp = None  # the attached XdpDataplane
+        self._pending = None  # a loaded, not yet attached one
+        self._desired: Desired | None = None
+        self._macs: dict[IPv4Address, bytes] = {}
+        self.attached_mode: str | None = None
+
+    def _plan(self, config: Config):
+        from dataplane.plan import PlanError, plan
+
+        try:
+            return plan(with_sorry_servers(config))
+        except PlanError as err:
+            raise BackendError(err.message, err.span, err.help) from err
+
+    def load(self, config: Config) -> None:
+        from dataplane.xdp import XdpDataplane
+
+        p = self._plan(config)
+        try:
+            self._pending = XdpDataplane(p, pin_dir=self.pin_dir)
+        except Exception as err:  # bcc compile/load failure
+            raise BackendError(f"cannot load the XDP program: {err}") from err
+
+    def _current(self):
+        return self._pending or self._dp
+
+    def adopt(self, config: Config) -> dict[Key, Placement]:
+        from dataplane.plan import REAL_F_FAILED, REAL_F_QUIESCED
+
+        dp = self._current()
+        out: dict[Key, Placement] = {}
+        reals = {r.index: r for r in dp.plan.reals}
+        for key, index in xdp_index(config, dp.plan).items():
+            entry = dp.maps.real(index)
+            if entry.addr != reals[index].address or entry.flags & REAL_F_FAILED:
+                continue  # nothing there for this server, or it was out
+            weight = 0 if entry.flags & REAL_F_QUIESCED else reals[index].weight
+            out[key] = Placement(True, weight)
+        return out
+
+    def apply(self, desired: Desired) -> list[str]:
+        from dataplane.xdp import RealState
+
+        self._desired = desired
+        dp = self._current()
+        addresses = sorted({r.address for r in dp.plan.reals})
+        self._macs = self.neighbours.refresh(addresses)
+        states = {}
+        for index, st in xdp_states(desired, dp.plan).items():
+            states[index] = RealState(failed=st.failed, weight=st.weight)
+        changes = []
+        for r in dp.plan.reals:  # no MAC yet: cannot forward there, keep it out
+            if r.address not in self._macs:
+                states[r.index] = RealState(failed=True)
+                changes.append(f"no MAC for {r.address} yet: {r.name} kept out")
+        macs = {a: self._macs.get(a, b"\0" * 6) for a in addresses}
+        dp.sync(macs, states)
+        if self._pending is not None:
+            old, self._dp, self._pending = self._dp, self._pending, None
+            try:
+                self.attached_mode = self._dp.attach(self.interface, self.mode)
+                self._dp.pin_program()
+            except Exception as err:
+                raise BackendError(f"cannot attach XDP to {self.interface}: {err}") from err
+            changes.append(f"XDP program attached to {self.interface} ({self.attached_mode})")
+            if old is not None:
+                old.close()
+        return changes
+
+    def tick(self) -> list[str]:
+        """Follow the neighbour table: a changed or newly learned MAC re-syncs the maps."""
+        if self._desired is None or self._dp is None:
+            return []
+        addresses = sorted({r.address for r in self._dp.plan.reals})
+        if self.neighbours.refresh(addresses) == self._macs:
+            return []
+        from .neighbours import format_mac
+
+        old = self._macs
+        changes = self.apply(self._desired)
+        for a in addresses:
+            if a in self._macs and old.get(a) != self._macs[a]:
+                changes.append(f"MAC of {a} is now {format_mac(self._macs[a])}")
+        return changes
+
+    def counters(self, config: Config) -> dict[tuple[str, str | None], Counters]:
+        dp = self._dp
+        if dp is None:
+            return {}
+        out: dict[tuple[str, str | None], Counters] = {}
+        for svc in dp.plan.services:
+            c = dp.maps.service_counters(svc.index)
+            out[(svc.name, None)] = Counters(c.packets, c.bytes, c.new_flows)
+        for key, index in xdp_index(config, dp.plan).items():
+            c = dp.maps.real_counters(index)
+            out[key] = Counters(c.packets, c.bytes, c.new_flows)
+        return out
+
+    def remove(self) -> list[str]:
+        """Detach the program and clear our services from the maps."""
+        from dataplane.xdp import XdpDataplane
+
+        if self._dp is None:
+            return []
+        XdpDataplane.detach(self.interface, self.attached_mode or "native")
+        m = self._dp.maps
+        for key in m.services():
+            m.delete_service(*key)
+        for vip, proto in m.vips():
+            m.delete_vip(vip, proto)
+        return [f"XDP program detached from {self.interface}, services removed"]
+
+    def close(self) -> None:
+        for dp in (self._dp, self._pending):
+            if dp is not None:
+                dp.close()
+        self.neighbours.close()
+
+
+__all__ = ["OUT", "Backend", "BackendError", "Counters", "IpvsBackend", "XdpBackend"]

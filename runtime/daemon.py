@@ -1,0 +1,554 @@
+"""``lvs-router run``: the asyncio daemon that ties health checks, director and dataplane.
+
+The only module with signals, tasks and the clock. One process replaces piranha's
+lvsd and its nanny children:
+
+* start: compile lvs.cf (errors printed as ``file:line:col`` and exit 1), load the
+  dataplane (XDP: compile the program; both: refuse what it cannot serve), **adopt**
+  what the dataplane holds (never a flush), start the health monitor, the control
+  socket and the metrics endpoint, then tell systemd ``READY=1``;
+* health events go to the pure :class:`~runtime.director.Director`; a change of its
+  decision marks the state dirty and one applier task reconciles the dataplane
+  (events arriving together become one sync);
+* ``SIGHUP`` or the control socket's ``reload``: re-read and compile lvs.cf; on any
+  error (syntax, checks, a dataplane that cannot serve it) the old config stays in
+  force and the error, with its position, is logged and returned to the caller;
+  otherwise the director and the monitor take the new config as a diff and the
+  dataplane is reconciled: untouched services keep their state and connections;
+* ``SIGTERM``/``SIGINT``: stop checking, then leave the dataplane running
+  (``--on-stop keep``, the default: a restart adopts it) or remove our services
+  (``--on-stop remove``); ``SIGKILL`` loses nothing, the dataplane keeps forwarding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+from typing import Any, ClassVar
+
+from compiler import Dialect, compile_file
+from compiler.diagnostics import Severity, render_text
+from compiler.model import Config
+
+from .backends import Backend, BackendError
+from .control import DEFAULT_SOCKET, ControlServer
+from .director import Director, Health, Verdict, servers
+
+log = logging.getLogger("lvs-router")
+
+EXIT_OK, EXIT_ERRORS = 0, 1
+TICK_S = 1.0
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class _Formatter(logging.Formatter):
+    """``<N>`` syslog priority prefixes under journald (stderr is a journal stream),
+    else ``LEVEL message``; structured fields as ``key=value``."""
+
+    PRIORITY: ClassVar[dict[int, int]] = {
+        logging.DEBUG: 7,
+        logging.INFO: 6,
+        logging.WARNING: 4,
+        logging.ERROR: 3,
+        logging.CRITICAL: 2,
+    }
+
+    def __init__(self, journald: bool) -> None:
+        super().__init__()
+        self.journald = journald
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", None) or {}
+        text = record.getMessage()
+        if fields:
+            text += " " + " ".join(f"{k}={_kv(v)}" for k, v in fields.items())
+        if self.journald:
+            return f"<{self.PRIORITY.get(record.levelno, 6)}>{text}"
+        return f"{record.levelname.lower()}: {text}"
+
+
+def _kv(value: object) -> str:
+    s = str(value)
+    return f'"{s}"' if (" " in s or not s) else s
+
+
+def setup_logging(verbose: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter(journald=bool(os.environ.get("JOURNAL_STREAM"))))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
+
+
+def _log(level: int, msg: str, **fields: object) -> None:
+    log.log(level, msg, extra={"fields": fields})
+
+
+# --------------------------------------------------------------------------- systemd
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd (``Type=notify``) about our state; a no-op outside systemd."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return False
+    if path.startswith("@"):
+        path = "\0" + path[1:]  # abstract namespace
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(path)
+            s.sendall(state.encode())
+        except OSError:
+            return False
+    return True
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass
+class Options:
+    config: str
+    dataplane: str = "ipvs"
+    dialect: Dialect = Dialect.EXTENDED
+    interface: str | None = None
+    xdp_mode: str = "native"
+    pin_dir: str | None = None
+    real_macs: Mapping[IPv4Address, bytes] = field(default_factory=dict)
+    socket: str | None = DEFAULT_SOCKET
+    metrics: tuple[str, int] | None = ("127.0.0.1", 9539)
+    on_stop: str = "keep"  # keep | remove
+    concurrency: int = 512
+
+
+class ConfigError(Exception):
+    """lvs.cf cannot be used; ``text`` is the full report (with file:line:col)."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+
+def load_config(path: str, dialect: Dialect) -> Config:
+    try:
+        result = compile_file(path, dialect)
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+    if not result.ok:
+        shown = [d for d in result.diagnostics if d.severity is Severity.ERROR]
+        raise ConfigError(render_text(shown, {result.source.name: result.source}).rstrip())
+    return result.config
+
+
+def make_backend(opts: Options) -> Backend:
+    if opts.dataplane == "xdp":
+        from .backends import XdpBackend
+
+        if not opts.interface:
+            raise BackendError("--dataplane xdp needs --interface")
+        return XdpBackend(
+            opts.interface, pin_dir=opts.pin_dir, mode=opts.xdp_mode, static_macs=opts.real_macs
+        )
+    from .backends import IpvsBackend
+
+    return IpvsBackend()
+
+
+# --------------------------------------------------------------------------- daemon
+
+
+class Daemon:
+    def __init__(self, opts: Options, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.opts = opts
+        self.clock = clock
+        self.config: Config | None = None
+        self.director: Director | None = None
+        self.backend: Backend | None = None
+        self.monitor: Any = None
+        self.control: ControlServer | None = None
+        self.metrics: Any = None
+        self.started = time.time()
+        self.reloads = {"ok": 0, "failed": 0}
+        self.last_reload_error: str | None = None
+        self.exit_status = EXIT_OK
+        self._dirty = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+        # every dataplane call runs on this one thread: pyroute2's sync sockets run their
+        # own event loop (not usable inside ours), and an XDP compile takes seconds
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        """Everything up to READY; raises ConfigError/BackendError when it cannot."""
+        opts = self.opts
+        config = load_config(opts.config, opts.dialect)
+        backend = await self._call(make_backend, opts)
+        self.backend = backend
+        await self._call(backend.load, config)
+        adopted = await self._call(backend.adopt, config)
+        self.config = config
+        self.director = Director(config, adopted)
+        _log(
+            logging.INFO,
+            "starting",
+            config=opts.config,
+            dataplane=backend.name,
+            virtuals=len(config.active_virtuals),
+            servers=len(self.director.managed()),
+            adopted=len(adopted),
+        )
+        await self._apply()
+        from .health.monitor import HealthMonitor
+
+        self.monitor = HealthMonitor(
+            config,
+            self._on_event,
+            concurrency=opts.concurrency,
+            observer=self._on_check,
+            on_crash=self._on_crash,
+        )
+        await self.monitor.start()
+        if opts.socket:
+            self.control = ControlServer(opts.socket, self.handle)
+            await self.control.start()
+        if opts.metrics:
+            from .metrics import Metrics
+
+            self.metrics = Metrics()
+            self.metrics.serve(*opts.metrics)
+            self.metrics.update(await self.status())
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        self._tasks = [
+            asyncio.create_task(self._applier(), name="applier"),
+            asyncio.create_task(self._ticker(), name="ticker"),
+        ]
+        sd_notify("READY=1\nSTATUS=running")
+        _log(logging.INFO, "ready", socket=opts.socket or "off")
+
+    async def run(self) -> int:
+        try:
+            await self.start()
+        except (ConfigError, BackendError) as err:
+            text = err.text if isinstance(err, ConfigError) else err.render()
+            sys.stderr.write(text.rstrip() + "\n")
+            _log(logging.ERROR, "not started", config=self.opts.config)
+            await self._close_backend()
+            return EXIT_ERRORS
+        await self._stop.wait()
+        await self.stop()
+        return self.exit_status
+
+    # ------------------------------------------------------------------ events
+
+    def _on_event(self, ev: Any) -> None:
+        """HealthMonitor callback: ``ServerEvent(virtual, server, up, weight, reason)``."""
+        d = self.director
+        if d is None:
+            return
+        changed = d.server_event(ev.virtual, ev.server, ev.up, ev.weight, ev.reason, self.clock())
+        _log(
+            logging.INFO if changed else logging.DEBUG,
+            f"server {'up' if ev.up else 'down'}",
+            virtual=ev.virtual,
+            server=ev.server,
+            weight=ev.weight if ev.weight is not None else "configured",
+            reason=ev.reason,
+        )
+        if changed:
+            self._dirty.set()
+
+    def _on_check(self, virtual: str, server: str, _due: float, _start: float, result: Any) -> None:
+        """Every check's result. The monitor reports changes only, and every server
+        starts *down* there; a server we adopted as in (unknown to the director) whose
+        first check fails is no change to the monitor, so it is told here."""
+        if self.metrics is not None:
+            self.metrics.observe_check(virtual, server, result.ok, result.latency)
+        d = self.director
+        unknown = d is not None and d.health((virtual, server)) is Health.UNKNOWN
+        if (
+            not result.ok
+            and unknown
+            and d.server_event(virtual, server, False, None, result.detail, self.clock())
+        ):
+            _log(
+                logging.INFO,
+                "server down",
+                virtual=virtual,
+                server=server,
+                reason=result.detail,
+            )
+            self._dirty.set()
+
+    def _on_crash(self, virtual: str, server: str, err: BaseException) -> None:
+        self.checker_crashed(virtual, server, repr(err))
+
+    def checker_crashed(self, virtual: str, server: str, reason: str) -> None:
+        """A checker task died: piranha's hard_shutdown decides what that means."""
+        assert self.director is not None
+        verdict = self.director.checker_crashed(virtual, server, reason, self.clock())
+        if verdict is Verdict.SHUTDOWN:
+            _log(
+                logging.CRITICAL,
+                "checker died, shutting down (hard_shutdown = 1): removing our services",
+                virtual=virtual,
+                server=server,
+                reason=reason,
+            )
+            self.exit_status = EXIT_ERRORS
+            self._dirty.set()  # the applier removes everything, then we stop
+            asyncio.get_running_loop().call_soon(self._stop_after_apply)
+        else:
+            _log(
+                logging.ERROR,
+                "checker died! manual action needed (hard_shutdown = 0): server frozen",
+                virtual=virtual,
+                server=server,
+                reason=reason,
+            )
+
+    def _stop_after_apply(self) -> None:
+        async def later() -> None:
+            async with self._lock:
+                await self._apply()
+            self._stop.set()
+
+        asyncio.get_running_loop().create_task(later())
+
+    async def _apply(self) -> list[str]:
+        assert self.backend is not None and self.director is not None
+        changes = await self._call(self.backend.apply, self.director.desired())
+        for c in changes:
+            _log(logging.INFO, "dataplane", change=c)
+        return changes
+
+    async def _applier(self) -> None:
+        while True:
+            await self._dirty.wait()
+            async with self._lock:
+                self._dirty.clear()
+                try:
+                    await self._apply()
+                except BackendError as err:
+                    _log(logging.ERROR, "dataplane refused a change", error=err.message)
+                    await asyncio.sleep(TICK_S)
+                    self._dirty.set()  # try again (the reconciler re-reads first)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            async with self._lock:
+                try:
+                    for c in await self._call(self.backend.tick):
+                        _log(logging.INFO, "dataplane", change=c)
+                except Exception as err:  # keep ticking: the next tick may succeed
+                    _log(logging.WARNING, "dataplane upkeep failed", error=err)
+            if self.metrics is not None and self.metrics.due():
+                self.metrics.update(await self.status())
+
+    # ------------------------------------------------------------------ reload
+
+    def _sighup(self) -> None:
+        asyncio.get_running_loop().create_task(self.reload())
+
+    async def reload(self) -> dict[str, Any]:
+        """Re-read lvs.cf; on error keep the old config; returns what the caller sees."""
+        sd_notify(
+            f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}"
+        )
+        _log(logging.INFO, "reloading", config=self.opts.config)
+        try:
+            result = await self._reload()
+        finally:
+            sd_notify("READY=1")
+        if self.metrics is not None:
+            self.metrics.reloaded(result["ok"])
+            self.metrics.update(await self.status())
+        return result
+
+    async def _reload(self) -> dict[str, Any]:
+        assert self.backend is not None and self.director is not None
+        try:
+            config = await asyncio.to_thread(load_config, self.opts.config, self.opts.dialect)
+        except ConfigError as err:
+            return self._reload_failed(err.text)
+        async with self._lock:
+            try:
+                await self._call(self.backend.load, config)
+            except BackendError as err:
+                return self._reload_failed(err.render())
+            old = self.config
+            self.config = config
+            self.director.reload(config)
+            self.monitor.update(config)
+            try:
+                changes = await self._apply()
+            except BackendError as err:
+                return self._reload_failed(err.render())
+        self.reloads["ok"] += 1
+        self.last_reload_error = None
+        summary = _diff_summary(old, config)
+        _log(logging.INFO, "reloaded", **summary, changes=len(changes))
+        return {"ok": True, "changes": changes, **summary}
+
+    def _reload_failed(self, text: str) -> dict[str, Any]:
+        self.reloads["failed"] += 1
+        self.last_reload_error = text
+        for line in text.splitlines():
+            _log(logging.ERROR, f"reload failed, old config stays in force: {line}")
+        return {"ok": False, "error": text}
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        sd_notify("STOPPING=1")
+        _log(logging.INFO, "stopping", on_stop=self.opts.on_stop)
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.monitor is not None:
+            await self.monitor.stop()
+        if self.control is not None:
+            await self.control.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.opts.on_stop == "remove" and self.backend is not None:
+            try:
+                for c in await self._call(self.backend.remove):
+                    _log(logging.INFO, "dataplane", change=c)
+            except BackendError as err:
+                _log(logging.ERROR, "could not remove our services", error=err.message)
+                self.exit_status = EXIT_ERRORS
+        await self._close_backend()
+        _log(logging.INFO, "stopped")
+
+    async def _close_backend(self) -> None:
+        if self.backend is not None:
+            await self._call(self.backend.close)
+            self.backend = None
+        self._worker.shutdown(wait=False)
+
+    # ------------------------------------------------------------------ control
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("command")
+        if cmd == "status":
+            return {"ok": True, "status": await self.status()}
+        if cmd == "reload":
+            return await self.reload()
+        return {"ok": False, "error": f"unknown command {cmd!r} (status, reload)"}
+
+    async def status(self) -> dict[str, Any]:
+        """The whole state as plain data: what ``lvs-router status`` shows."""
+        assert self.director is not None and self.config is not None
+        d, config = self.director, self.config
+        health = {(h.virtual, h.server): h for h in self.monitor.snapshot()} if self.monitor else {}
+        try:
+            counters = await self._call(self.backend.counters, config) if self.backend else {}
+        except Exception as err:  # status must answer even when the dataplane does not
+            _log(logging.WARNING, "counters unavailable", error=err)
+            counters = {}
+        desired = d.desired()
+        virtuals = []
+        for vs in config.active_virtuals:
+            rows = []
+            for v, rs in servers(config):
+                if v is not vs:
+                    continue
+                key = (vs.name, rs.name)
+                st, p, h = d.states[key], desired.placements[key], health.get(key)
+                state = st.health.value
+                if st.health is Health.DOWN and p.present:
+                    state = "quiesced"
+                rows.append(
+                    {
+                        "name": rs.name,
+                        "address": str(rs.address),
+                        "port": rs.port,
+                        "state": state,
+                        "in_dataplane": p.present,
+                        "weight": p.weight if p.present else None,
+                        "configured_weight": rs.weight,
+                        "reason": st.reason,
+                        "crashed": st.crashed,
+                        "last_ok": getattr(h, "last_ok", None),
+                        "last_detail": getattr(h, "last_detail", None),
+                        "last_latency_s": getattr(h, "last_latency", None),
+                        "checks": getattr(h, "checks", None),
+                        "failures": getattr(h, "failures", None),
+                        "counters": _counters(counters.get(key)),
+                    }
+                )
+            virtuals.append(
+                {
+                    "name": vs.name,
+                    "address": str(vs.address),
+                    "protocol": vs.protocol.value,
+                    "port": vs.port,
+                    "fwmark": vs.fwmark,
+                    "scheduler": vs.scheduler.value,
+                    "forwarding": config.forwarding(vs).value,
+                    "sorry_server": str(vs.sorry_server) if vs.sorry_server else None,
+                    "sorry_active": vs.name in desired.sorry,
+                    "counters": _counters(counters.get((vs.name, None))),
+                    "servers": rows,
+                }
+            )
+        return {
+            "config": self.opts.config,
+            "dataplane": self.backend.name if self.backend else None,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "reloads": dict(self.reloads),
+            "last_reload_error": self.last_reload_error,
+            "shut_down": d.shut_down,
+            "virtuals": virtuals,
+        }
+
+
+def _counters(c: Any) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    return {
+        "packets": c.packets,
+        "bytes": c.bytes,
+        "connections": c.connections,
+        "active": c.active,
+    }
+
+
+def _diff_summary(old: Config | None, new: Config) -> dict[str, int]:
+    before = {v.name: v for v in old.active_virtuals} if old else {}
+    after = {v.name: v for v in new.active_virtuals}
+    return {
+        "added": len(after.keys() - before.keys()),
+        "removed": len(before.keys() - after.keys()),
+        "changed": sum(1 for n in after.keys() & before.keys() if after[n] != before[n]),
+    }
+
+
+def run(opts: Options, *, verbose: bool = False) -> int:
+    setup_logging(verbose)
+    return asyncio.run(Daemon(opts).run())

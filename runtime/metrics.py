@@ -1,0 +1,147 @@
+"""Prometheus metrics of the daemon, on a loopback address (default 127.0.0.1:9539).
+
+The exporter's HTTP thread never touches the daemon's state: the event loop hands it
+the daemon's status (:meth:`Metrics.update`, at most every ``period_s``, see
+:meth:`Metrics.due`) and a custom collector turns the last one into metric families at
+scrape time.
+
+Metrics (labels ``virtual``, ``server``):
+
+* ``lvs_router_server_up`` 1 up, 0 down, -1 not checked yet;
+* ``lvs_router_server_in_dataplane``, ``lvs_router_server_weight``;
+* ``lvs_router_check_latency_seconds`` of the last check; ``lvs_router_checks_total``,
+  ``lvs_router_check_failures_total``;
+* ``lvs_router_sorry_server_active`` per virtual;
+* ``lvs_router_dataplane_packets_total``, ``..._bytes_total``, ``..._connections_total``
+  per virtual and per real server (``server=""`` for the virtual);
+* ``lvs_router_reloads_total{outcome="ok"|"failed"}``;
+* ``lvs_router_check_duration_seconds`` (histogram) and
+  ``lvs_router_check_results_total{result="ok"|"failed"}`` per virtual, every check.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+PREFIX = "lvs_router"
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self):
+        snap = self.m.snapshot or {"virtuals": [], "reloads": {}}
+        up = GaugeMetricFamily(
+            f"{PREFIX}_server_up", "1 up, 0 down, -1 unchecked", labels=["virtual", "server"]
+        )
+        indp = GaugeMetricFamily(
+            f"{PREFIX}_server_in_dataplane",
+            "the server is in the dataplane",
+            labels=["virtual", "server"],
+        )
+        weight = GaugeMetricFamily(
+            f"{PREFIX}_server_weight",
+            "weight in the dataplane (0 = quiesced)",
+            labels=["virtual", "server"],
+        )
+        lat = GaugeMetricFamily(
+            f"{PREFIX}_check_latency_seconds",
+            "duration of the last check",
+            labels=["virtual", "server"],
+        )
+        checks = CounterMetricFamily(f"{PREFIX}_checks", "checks run", labels=["virtual", "server"])
+        fails = CounterMetricFamily(
+            f"{PREFIX}_check_failures", "checks failed", labels=["virtual", "server"]
+        )
+        sorry = GaugeMetricFamily(
+            f"{PREFIX}_sorry_server_active", "the sorry server is in", labels=["virtual"]
+        )
+        traffic = {
+            k: CounterMetricFamily(
+                f"{PREFIX}_dataplane_{k}",
+                f"{k} counted by the dataplane",
+                labels=["virtual", "server"],
+            )
+            for k in ("packets", "bytes", "connections")
+        }
+        for vs in snap["virtuals"]:
+            sorry.add_metric([vs["name"]], 1 if vs["sorry_active"] else 0)
+            _traffic(traffic, [vs["name"], ""], vs["counters"])
+            for rs in vs["servers"]:
+                labels = [vs["name"], rs["name"]]
+                state = {"up": 1, "down": 0, "quiesced": 0}.get(rs["state"], -1)
+                up.add_metric(labels, state)
+                indp.add_metric(labels, 1 if rs["in_dataplane"] else 0)
+                weight.add_metric(labels, rs["weight"] or 0)
+                if rs["last_latency_s"] is not None:
+                    lat.add_metric(labels, rs["last_latency_s"])
+                if rs["checks"] is not None:
+                    checks.add_metric(labels, rs["checks"])
+                if rs["failures"] is not None:
+                    fails.add_metric(labels, rs["failures"])
+                _traffic(traffic, labels, rs["counters"])
+        reloads = CounterMetricFamily(f"{PREFIX}_reloads", "config reloads", labels=["outcome"])
+        for outcome in ("ok", "failed"):
+            reloads.add_metric([outcome], self.m.reloads[outcome])
+        yield from (up, indp, weight, lat, checks, fails, sorry, *traffic.values(), reloads)
+
+
+def _traffic(families: dict[str, CounterMetricFamily], labels: list[str], c: Any) -> None:
+    if c:
+        for k, fam in families.items():
+            fam.add_metric(labels, c[k])
+
+
+class Metrics:
+    def __init__(self, *, period_s: float = 5.0) -> None:
+        self.period_s = period_s
+        self.snapshot: dict[str, Any] | None = None
+        self.reloads = {"ok": 0, "failed": 0}
+        self._last = 0.0
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        # every check, as it happens (label cardinality: one virtual per service)
+        self.latency = Histogram(
+            f"{PREFIX}_check_duration_seconds",
+            "duration of each health check",
+            ["virtual"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30),
+        )
+        self.results = Counter(
+            f"{PREFIX}_check_results",
+            "health check results",
+            ["virtual", "result"],
+            registry=self.registry,
+        )
+        self._server: Any = None
+
+    def serve(self, address: str, port: int) -> None:
+        started = start_http_server(port, addr=address, registry=self.registry)
+        self._server = started[0] if isinstance(started, tuple) else None
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.period_s
+
+    def update(self, status: dict[str, Any]) -> None:
+        self._last = time.monotonic()
+        self.snapshot = status  # swapped whole: the scrape thread reads it
+
+    def observe_check(self, virtual: str, server: str, ok: bool, latency: float | None) -> None:
+        if latency is not None:
+            self.latency.labels(virtual).observe(latency)
+        self.results.labels(virtual, "ok" if ok else "failed").inc()
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads["ok" if ok else "failed"] += 1
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -1,0 +1,476 @@
+"""``lvs-router run --dataplane xdp`` live: the daemon checks real servers in namespaces
+and steers real client traffic through our XDP program (direct routing).
+
+One L2 segment (a bridge in its own namespace) joins a client, the director and three
+real servers (rs3 is only ever a sorry server). The daemon runs in the director's
+namespace as its own process (``python -m runtime.daemon_cli run``), finds the real
+servers' MACs in the neighbour table itself, and is driven only as an operator would:
+lvs.cf, SIGHUP / ``reload``, SIGTERM, SIGKILL, the control socket. Health is changed
+by stopping and starting the real servers' TCP/UDP services, or by flipping the file a
+``send_program`` reads. Timing: ``timeout = 1``, ``reentry = 2``; every wait polls the
+daemon's status for a state, with a generous deadline, and never asserts a duration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from bcc import BPF
+
+from dataplane.xdp import attach_xdp
+from runtime.control import ControlError, request
+from tests.netns.topo import Netns, Topology, inside
+
+pytestmark = pytest.mark.netns
+
+ROOT = Path(__file__).resolve().parents[2]
+VIP = "198.18.30.100"
+DIRECTOR = "198.18.30.1"
+CLIENT_ADDR = "198.18.30.2"
+REALS = {"rs1": "198.18.30.11", "rs2": "198.18.30.12", "rs3": "198.18.30.13"}
+PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
+DEADLINE_S = 30.0
+
+# The client: one JSON command per line, one JSON answer per line, so that a test can
+# hold a TCP connection open across steps (servers.py answers with its name, then echoes).
+CLIENT = r"""
+import json, socket, sys
+held = {}
+def echo(s, data):
+    s.sendall(data.encode()); got = b""
+    while len(got) < len(data):
+        chunk = s.recv(100)
+        if not chunk: raise ConnectionError("closed")
+        got += chunk
+    return got.decode()
+for line in sys.stdin:
+    c = json.loads(line)
+    try:
+        if c["op"] == "names":
+            out = []
+            for _ in range(c["n"]):
+                s = socket.socket(); s.settimeout(2); s.bind((c["src"], 0))
+                try:
+                    s.connect((c["dst"], c["port"])); out.append(s.recv(100).decode())
+                except OSError as e:
+                    out.append("error")
+                s.close()
+        elif c["op"] == "udp":
+            out = []
+            for _ in range(c["n"]):
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(1)
+                u.bind((c["src"], 0)); u.sendto(b"q", (c["dst"], c["port"]))
+                try:
+                    out.append(u.recv(100).decode())
+                except OSError:
+                    out.append("error")
+                u.close()
+        elif c["op"] == "hold":
+            s = socket.socket(); s.settimeout(5); s.bind((c["src"], 0))
+            s.connect((c["dst"], c["port"])); name = s.recv(100).decode()
+            held[s.getsockname()[1]] = s; out = [s.getsockname()[1], name]
+        elif c["op"] == "echo":
+            out = echo(held[c["sport"]], c["data"])
+        elif c["op"] == "close":
+            held.pop(c["sport"]).close(); out = None
+        print(json.dumps({"ok": out}), flush=True)
+    except Exception as e:
+        print(json.dumps({"error": repr(e)}), flush=True)
+"""
+
+CHECK_SCRIPT = """#!/bin/sh
+# send_program for the tests: prints what the state file of real server $1 says
+cat "{dir}/$1" 2>/dev/null || echo missing
+"""
+
+
+def server_block(name: str, weight: int = 1, active: int = 1) -> str:
+    return (
+        f"    server {name} {{\n        address = {REALS[name]}\n        active = {active}\n"
+        f"        weight = {weight}\n    }}\n"
+    )
+
+
+def virtual(name: str, port: int, body: str, servers: str, protocol: str = "tcp") -> str:
+    if "expect" not in body:  # servers.py greets with its name (port 80's HTTP probe would fail)
+        body += '    expect = "rs"\n'
+    return (
+        f"virtual {name} {{\n    active = 1\n    address = {VIP} eth0:1\n    port = {port}\n"
+        f"    protocol = {protocol}\n    scheduler = wrr\n    timeout = 1\n    reentry = 2\n"
+        f"{body}{servers}}}\n"
+    )
+
+
+@dataclass
+class Lab:
+    topo: Topology
+    lb: Netns
+    client_ns: Netns
+    reals: dict[str, Netns]
+    client: subprocess.Popen
+    work: Path
+    tcp: dict[str, subprocess.Popen] = field(default_factory=dict)
+    udp: dict[str, subprocess.Popen] = field(default_factory=dict)
+    daemon: subprocess.Popen | None = None
+    n: int = 0
+
+    # ---------------------------------------------------------------- client
+
+    def ask(self, **command: object) -> object:
+        assert self.client.stdin and self.client.stdout
+        self.client.stdin.write(json.dumps(command) + "\n")
+        self.client.stdin.flush()
+        answer = json.loads(self.client.stdout.readline())
+        assert "error" not in answer, answer["error"]
+        return answer["ok"]
+
+    def names(self, port: int = 80, n: int = 20) -> set[str]:
+        return set(self.ask(op="names", src=CLIENT_ADDR, dst=VIP, port=port, n=n))
+
+    def udp_names(self, port: int = 53, n: int = 10) -> set[str]:
+        return set(self.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=port, n=n))
+
+    # ---------------------------------------------------------------- real servers
+
+    def start_tcp(self, name: str, ports: tuple[int, ...] = (80, 8080)) -> None:
+        self.tcp[name] = self.topo.serve(self.reals[name], name=name, tcp=ports)
+
+    def stop_tcp(self, name: str) -> None:
+        _stop(self.tcp.pop(name))
+
+    def start_udp(self, name: str) -> None:
+        self.udp[name] = self.topo.serve(self.reals[name], name=name, udp=[53])
+
+    def stop_udp(self, name: str) -> None:
+        _stop(self.udp.pop(name))
+
+    def set_check(self, name: str, answer: str) -> None:
+        (self.work / "state" / REALS[name]).write_text(answer + "\n")
+
+    # ---------------------------------------------------------------- daemon
+
+    @property
+    def config(self) -> Path:
+        return self.work / "lvs.cf"
+
+    @property
+    def socket(self) -> str:
+        return str(self.work / "control.sock")
+
+    @property
+    def pin_dir(self) -> str:
+        return f"/sys/fs/bpf/lvsr-daemon-test-{os.getpid()}"
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text("network = direct\n" + text)
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        self.n += 1
+        log = open(self.work / f"daemon-{self.n}.log", "w")  # noqa: SIM115 - the process owns it
+        # nsenter, not `ip netns exec`: that one mounts a fresh /sys, which would hide
+        # the host's bpffs and with it the pinned maps a restarted daemon adopts
+        self.daemon = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.lb.name}",
+                sys.executable,
+                "-m",
+                "runtime.daemon_cli",
+                "run",
+                "-c",
+                str(self.config),
+                "--dataplane",
+                "xdp",
+                "--interface",
+                "eth0",
+                "--pin-dir",
+                self.pin_dir,
+                "--socket",
+                self.socket,
+                "--metrics",
+                "off",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+        self.lb.procs.append(self.daemon)
+        self.wait(lambda s: True, what="the control socket answers")
+        return self.daemon
+
+    def log(self) -> str:
+        return (self.work / f"daemon-{self.n}.log").read_text()
+
+    def status(self) -> dict:
+        answer = request(self.socket, "status", timeout=10)
+        assert answer["ok"], answer
+        return answer["status"]
+
+    def wait(self, predicate: Callable[[dict], bool], what: str) -> dict:
+        deadline = time.monotonic() + DEADLINE_S
+        last: dict | str = "no answer"
+        while time.monotonic() < deadline:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{self.log()}")
+            try:
+                last = self.status()
+                if predicate(last):
+                    return last
+            except (ControlError, OSError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting until {what}; last status {last}\n{self.log()}")
+
+    def wait_servers(self, virtual: str, **states: str) -> dict:
+        def ok(s: dict) -> bool:
+            got = server_states(s, virtual)
+            return all(got.get(k) == v for k, v in states.items())
+
+        return self.wait(ok, f"{virtual}: {states}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        code = self.daemon.wait(30)
+        self.daemon = None
+        return code
+
+    def reload(self) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "runtime.daemon_cli", "reload", "--socket", self.socket],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=str(ROOT),
+        )
+
+
+def _stop(p: subprocess.Popen) -> None:
+    p.send_signal(signal.SIGTERM)
+    p.wait(10)
+
+
+def server_states(status: dict, virtual: str) -> dict[str, str]:
+    for vs in status["virtuals"]:
+        if vs["name"] == virtual:
+            return {
+                rs["name"]: (rs["state"] if rs["in_dataplane"] or rs["state"] != "up" else "?")
+                for rs in vs["servers"]
+            }
+    return {}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    work = tmp_path_factory.mktemp("daemon-xdp")
+    (work / "state").mkdir()
+    script = work / "check.sh"
+    script.write_text(CHECK_SCRIPT.format(dir=work / "state"))
+    script.chmod(0o755)
+    passer = BPF(text=PASS_PROGRAM)
+    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
+    with Topology("daemon-xdp") as t:
+        sw = t.netns("switch")
+        t.bridge(sw)
+        client, lb = t.netns("client"), t.netns("director")
+        t.veth(client, "eth0", sw, "client")
+        t.veth(lb, "eth0", sw, "director")
+        for port in ("client", "director"):
+            t.attach(sw, port)
+        client.addr("eth0", f"{CLIENT_ADDR}/24")
+        client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
+        lb.addr("eth0", f"{DIRECTOR}/24")
+        lb.addr("eth0", f"{VIP}/32")
+        reals = {}
+        for name, addr in REALS.items():
+            rs = reals[name] = t.netns(name)
+            t.veth(rs, "eth0", sw, name)
+            t.attach(sw, name)
+            for key, value in (("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)):
+                for dev in ("all", "eth0"):
+                    rs.sysctl(f"net.ipv4.conf.{dev}.{key}", value)
+            rs.addr("eth0", f"{addr}/24")
+            rs.addr("lo", f"{VIP}/32")
+        with inside(sw):  # XDP_TX from the director's eth0 arrives here
+            assert attach_xdp(pass_fn, "director") == "native"
+        proc = client.popen(sys.executable, "-c", CLIENT, stdin=subprocess.PIPE, text=True)
+        lab = Lab(t, lb, client, reals, proc, work)
+        try:
+            yield lab
+        finally:
+            if lab.daemon is not None and lab.daemon.poll() is None:
+                lab.daemon.kill()
+                lab.daemon.wait()
+            shutil.rmtree(lab.pin_dir, ignore_errors=True)
+    passer.cleanup()
+
+
+@pytest.fixture
+def lab(built: Lab) -> Iterator[Lab]:
+    for name in ("rs1", "rs2"):
+        if name not in built.tcp:
+            built.start_tcp(name)
+        built.set_check(name, "ok")
+    yield built
+    if built.daemon is not None and built.daemon.poll() is None:
+        built.stop()
+    for name in list(built.udp):
+        built.stop_udp(name)
+    shutil.rmtree(built.pin_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def test_a_stopped_service_leaves_and_returns_after_reentry(lab: Lab) -> None:
+    lab.write_config(virtual("web", 80, "", server_block("rs1") + server_block("rs2")))
+    lab.start("--on-stop", "remove")
+    lab.wait_servers("web", rs1="up", rs2="up")
+    assert lab.names() == {"rs1", "rs2"}
+    lab.stop_tcp("rs1")
+    st = lab.wait_servers("web", rs1="down")
+    rs1 = next(r for r in st["virtuals"][0]["servers"] if r["name"] == "rs1")
+    assert rs1["in_dataplane"] is False and rs1["last_ok"] is False
+    assert lab.names() == {"rs2"}  # every new connection goes to the one left
+    lab.start_tcp("rs1")
+    lab.wait_servers("web", rs1="up")
+    assert lab.names(n=30) == {"rs1", "rs2"}
+    assert lab.stop() == 0
+    assert "stopping" in lab.log() and "removed" in lab.log()
+    assert lab.names(n=3) == {"error"}  # --on-stop remove: nothing forwards any more
+
+
+def test_quiesce_keeps_open_connections_send_program_decides(lab: Lab) -> None:
+    program = f'    send_program = "{lab.work / "check.sh"} %h"\n    expect = "ok"\n'
+    body = "    quiesce_server = 1\n" + program
+    lab.write_config(virtual("web", 80, body, server_block("rs1") + server_block("rs2")))
+    lab.start()
+    lab.wait_servers("web", rs1="up", rs2="up")
+    sport, name = lab.ask(op="hold", src=CLIENT_ADDR, dst=VIP, port=80)
+    other = "rs2" if name == "rs1" else "rs1"
+    lab.set_check(name, "fail")  # the program's output no longer equals expect
+    st = lab.wait_servers("web", **{name: "quiesced"})
+    row = next(r for r in st["virtuals"][0]["servers"] if r["name"] == name)
+    assert row["in_dataplane"] and row["weight"] == 0
+    for i in range(5):
+        assert lab.ask(op="echo", sport=sport, data=f"still-{i}") == f"still-{i}"
+    assert lab.names() == {other}
+    lab.set_check(name, "ok")
+    lab.wait_servers("web", **{name: "up"})
+    assert lab.ask(op="echo", sport=sport, data="after") == "after"
+    lab.ask(op="close", sport=sport)
+
+
+def test_sorry_server_in_when_no_server_is_left_out_when_one_returns(lab: Lab) -> None:
+    lab.start_tcp("rs3")
+    try:
+        body = (
+            f"    sorry_server = {REALS['rs3']}\n"
+            f'    send_program = "{lab.work / "check.sh"} %h"\n    expect = "ok"\n'
+        )
+        lab.write_config(virtual("web", 80, body, server_block("rs1") + server_block("rs2")))
+        lab.start()
+        lab.wait_servers("web", rs1="up", rs2="up")
+        assert lab.names() == {"rs1", "rs2"}
+        lab.set_check("rs1", "fail")
+        lab.set_check("rs2", "fail")
+        lab.wait(lambda s: s["virtuals"][0]["sorry_active"], "the sorry server is in")
+        assert lab.names() == {"rs3"}
+        lab.set_check("rs2", "ok")
+        lab.wait(lambda s: not s["virtuals"][0]["sorry_active"], "the sorry server is out")
+        assert lab.names() == {"rs2"}
+    finally:
+        lab.stop_tcp("rs3")
+
+
+def test_udp_service_checked_with_send_expect(lab: Lab) -> None:
+    for name in ("rs1", "rs2"):
+        lab.start_udp(name)
+    body = '    send = "hello"\n    expect = "rs"\n'
+    lab.write_config(virtual("dns", 53, body, server_block("rs1") + server_block("rs2"), "udp"))
+    lab.start()
+    lab.wait_servers("dns", rs1="up", rs2="up")
+    assert lab.udp_names() == {"rs1", "rs2"}
+    lab.stop_udp("rs2")  # the kernel answers port unreachable: the read fails
+    lab.wait_servers("dns", rs2="down")
+    assert lab.udp_names() == {"rs1"}
+
+
+def test_reload_adds_removes_changes_without_disturbing_others(lab: Lab) -> None:
+    web = virtual("web", 80, "", server_block("rs1") + server_block("rs2"))
+    old = virtual("old", 8080, "", server_block("rs1"))
+    lab.write_config(web + old)
+    daemon = lab.start()
+    lab.wait_servers("web", rs1="up", rs2="up")
+    lab.wait_servers("old", rs1="up")
+    sport, _name = lab.ask(op="hold", src=CLIENT_ADDR, dst=VIP, port=80)
+    assert lab.names(port=8080, n=3) == {"rs1"}
+    # old goes, new comes (port 8080 again, other server), web's weights change
+    new = virtual("new", 8080, "", server_block("rs2"))
+    web2 = virtual("web", 80, "", server_block("rs1", weight=3) + server_block("rs2"))
+    lab.write_config(web2 + new)
+    daemon.send_signal(signal.SIGHUP)
+    lab.wait(lambda s: s["reloads"]["ok"] == 1, "the SIGHUP reload is done")
+    st = lab.wait_servers("new", rs2="up")
+    assert {v["name"] for v in st["virtuals"]} == {"web", "new"}
+    weights = {r["name"]: r["weight"] for r in st["virtuals"][0]["servers"]}
+    assert weights == {"rs1": 3, "rs2": 1}
+    assert lab.names(port=8080, n=5) == {"rs2"}
+    for i in range(3):  # the untouched service's open connection survived
+        assert lab.ask(op="echo", sport=sport, data=f"kept-{i}") == f"kept-{i}"
+    # reload through the control socket: the same file again changes nothing
+    done = lab.reload()
+    assert done.returncode == 0, done.stderr
+    assert "0 virtual(s) added, 0 removed, 0 changed" in done.stdout
+    assert lab.ask(op="echo", sport=sport, data="again") == "again"
+    lab.ask(op="close", sport=sport)
+
+
+def test_broken_reload_changes_nothing_and_reports_the_position(lab: Lab) -> None:
+    good = virtual("web", 80, "", server_block("rs1") + server_block("rs2"))
+    lab.write_config(good)
+    lab.start()
+    lab.wait_servers("web", rs1="up", rs2="up")
+    sport, _name = lab.ask(op="hold", src=CLIENT_ADDR, dst=VIP, port=80)
+    lab.config.write_text(
+        "network = direct\n" + good + "virtual broken {\n    active = 1\n    port = x\n}\n"
+    )
+    done = lab.reload()
+    assert done.returncode == 1
+    assert f"{lab.config}:" in done.stderr  # file:line:col of the error
+    assert "old config stays in force" in done.stderr
+    st = lab.status()
+    assert st["reloads"] == {"ok": 0, "failed": 1}
+    assert server_states(st, "web") == {"rs1": "up", "rs2": "up"}
+    assert lab.names() == {"rs1", "rs2"}
+    assert lab.ask(op="echo", sport=sport, data="fine") == "fine"
+    lab.ask(op="close", sport=sport)
+
+
+def test_sigkill_keeps_forwarding_and_a_restart_adopts_without_dropping(lab: Lab) -> None:
+    lab.write_config(virtual("web", 80, "", server_block("rs1") + server_block("rs2")))
+    lab.start()
+    lab.wait_servers("web", rs1="up", rs2="up")
+    sport, _name = lab.ask(op="hold", src=CLIENT_ADDR, dst=VIP, port=80)
+    assert lab.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert lab.names() == {"rs1", "rs2"}  # the pinned program still forwards
+    assert lab.ask(op="echo", sport=sport, data="orphaned") == "orphaned"
+    lab.start()
+    st = lab.status()  # adopted: both servers in before any check said so
+    assert all(r["in_dataplane"] for r in st["virtuals"][0]["servers"])
+    assert "adopted=2" in lab.log()
+    lab.wait_servers("web", rs1="up", rs2="up")
+    for i in range(3):
+        assert lab.ask(op="echo", sport=sport, data=f"adopted-{i}") == f"adopted-{i}"
+    lab.ask(op="close", sport=sport)
