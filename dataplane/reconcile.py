@@ -150,6 +150,71 @@ def desired_state(
     return IPVSState(services, timeouts, daemons)
 
 
+def _touched(old: Overrides, new: Overrides) -> set[str]:
+    """The virtuals whose overrides differ between ``old`` and ``new``: O(overrides)."""
+    if old is new:
+        return set()
+    names = {v for v, _ in old.down ^ new.down}
+    names.update(v for v, _ in old.quiesced ^ new.quiesced)
+    if old.weights is not new.weights:
+        names.update(v for (v, _), _w in old.weights.items() ^ new.weights.items())
+    names.update(old.sorry ^ new.sorry)
+    return names
+
+
+class DesiredTable:
+    """:func:`desired_state` of one config, kept up to date as the overrides change.
+
+    ``desired_state`` rebuilds the whole table (the compiler's :func:`table`): O(table)
+    for every health-check event. This keeps the last state and rebuilds only the
+    services of the virtuals whose overrides changed — from a config holding just the
+    virtuals that make those services, which gives the same services — and reuses
+    every other ``Service`` object, so that :class:`SyncedTable` finds them unchanged by
+    identity. ``state(overrides)`` always equals ``desired_state(config, overrides,
+    role)`` (a property test checks it); a server down in one virtual out of 10,000
+    costs one small ``table`` call.
+    """
+
+    __slots__ = ("_config", "_overrides", "_role", "_services_of", "_state", "_virtuals_of")
+
+    def __init__(
+        self, config: Config, overrides: Overrides | None = None, role: SyncState = SyncState.MASTER
+    ) -> None:
+        self._config = config
+        self._role = role
+        self._overrides = overrides or Overrides()
+        self._state = desired_state(config, self._overrides, role)
+        self._virtuals_of: dict[str, list[int]] = {}  # virtual name -> config positions
+        for i, vs in enumerate(config.virtuals):
+            self._virtuals_of.setdefault(vs.name, []).append(i)
+        self._services_of: dict[str, list[int]] = {}  # virtual name -> table positions
+        for i, svc in enumerate(self._state.services):
+            for name in svc.virtuals:
+                self._services_of.setdefault(name, []).append(i)
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    def state(self, overrides: Overrides) -> IPVSState:
+        """The desired state under ``overrides``."""
+        touched = _touched(self._overrides, overrides)
+        self._overrides = overrides
+        positions = sorted({i for name in touched for i in self._services_of.get(name, ())})
+        if not positions:
+            return self._state
+        services = list(self._state.services)
+        makers = {name for i in positions for name in services[i].virtuals}
+        picked = sorted(i for name in makers for i in self._virtuals_of[name])
+        virtuals = self._config.virtuals
+        sub = replace(self._config, virtuals=tuple(virtuals[i] for i in picked))
+        rebuilt = {service_key(s): s for s in desired_state(sub, overrides, self._role).services}
+        for i in positions:
+            services[i] = rebuilt[service_key(services[i])]
+        self._state = replace(self._state, services=tuple(services))
+        return self._state
+
+
 # --------------------------------------------------------------------------- operations
 
 
@@ -571,6 +636,7 @@ __all__ = [
     "AddService",
     "DeleteDest",
     "DeleteService",
+    "DesiredTable",
     "EditDest",
     "EditService",
     "IPVSState",

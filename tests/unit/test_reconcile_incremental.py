@@ -23,12 +23,15 @@ from dataplane.reconcile import (
     AddDest,
     AddService,
     DeleteService,
+    DesiredTable,
     EditDest,
     IPVSState,
+    Overrides,
     SyncDaemon,
     SyncedTable,
     SyncState,
     Timeouts,
+    desired_state,
     kernel_form,
     reconcile,
     simulate,
@@ -179,3 +182,77 @@ def test_one_weight_change_in_a_large_table_is_one_edit() -> None:
     table.commit(plan)
     assert table.diff(removed).ops == ()
     assert not any(isinstance(op, EditDest) for op in table.diff(IPVSState()).ops)
+
+
+# --------------------------------------------------------------------------- DesiredTable
+
+
+def _config():
+    from tests.unit.test_reconcile import cfg, server, virtual
+
+    body = (
+        virtual(extra=" sorry_server = 198.19.0.99\n")
+        # a second virtual on the same VIP and port: one IPVS service, servers merged
+        + virtual(
+            "web2",
+            servers=server("c", "198.19.0.13") + server("a", "198.19.0.11", "  weight = 5\n"),
+        )
+        + virtual("dns", "198.18.0.20", " protocol = udp\n port = 53\n")
+        + virtual("mail", "198.18.0.21", " port = 25\n quiesce_server = 1\n")
+        + "virtual http {\n active = 1\n address = 198.18.0.30 eth0:1\n fwmark = 80\n"
+        + server("a", "198.19.0.31")
+        + server("b", "198.19.0.32")
+        + "}\n"
+        + virtual("off", "198.18.0.40").replace("active = 1", "active = 0", 1)
+    )
+    return cfg(body)
+
+
+PAIRS = [
+    (v, s)
+    for v in ("web", "web2", "dns", "mail", "http", "off", "gone")
+    for s in ("a", "b", "c", "x")
+]
+overrides = st.builds(
+    Overrides,
+    down=st.frozensets(st.sampled_from(PAIRS), max_size=4),
+    quiesced=st.frozensets(st.sampled_from(PAIRS), max_size=3),
+    weights=st.dictionaries(st.sampled_from(PAIRS), st.integers(0, 9), max_size=3),
+    sorry=st.frozensets(st.sampled_from(["web", "web2", "http", "dns"]), max_size=2),
+)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.lists(overrides, min_size=1, max_size=5), st.sampled_from(list(SyncState)))
+def test_desired_table_is_desired_state(sequence, role) -> None:
+    config = _config()
+    table = DesiredTable(config, role=role)
+    before = table.state(Overrides())
+    assert before == desired_state(config, role=role)
+    prev = Overrides()
+    for ov in sequence:
+        after = table.state(ov)
+        assert after == desired_state(config, ov, role)
+        # a service none of whose virtuals had an override change is the same object
+        names = {v for v, _ in (prev.down ^ ov.down) | (prev.quiesced ^ ov.quiesced)}
+        names |= {v for (v, _), _w in set(prev.weights.items()) ^ set(ov.weights.items())}
+        names |= prev.sorry ^ ov.sorry
+        for old, new in zip(before.services, after.services, strict=True):
+            if not names.intersection(old.virtuals):
+                assert new is old
+        before, prev = after, ov
+
+
+def test_desired_table_rebuilds_only_the_touched_service() -> None:
+    config = _config()
+    table = DesiredTable(config)
+    start = table.state(Overrides())
+    down = table.state(Overrides(down=frozenset({("dns", "b")})))
+    changed = [
+        i for i, (a, b) in enumerate(zip(start.services, down.services, strict=True)) if a is not b
+    ]
+    assert [down.services[i].virtuals for i in changed] == [("dns",)]
+    assert [str(d.address) for d in down.services[changed[0]].destinations] == ["198.19.0.11"]
+    synced = SyncedTable(IPVSState())
+    synced.commit(synced.diff(start))
+    assert [str(op) for op in synced.diff(down).ops] == ["-d -u 198.18.0.20:53 -r 198.19.0.12:53"]
