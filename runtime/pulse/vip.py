@@ -21,7 +21,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 from pyroute2 import IPRoute
 
@@ -180,15 +180,21 @@ class Netlink:
             return bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
 
     def broadcast(self, device: str) -> IPv4Address | None:
-        """The device's own IPv4 broadcast (send_arp's SIOCGIFBRDADDR on the base
-        device: the first address labelled with the device's name, not an alias)."""
+        """The device's own IPv4 broadcast, send_arp's target IP (piranha read it with
+        SIOCGIFBRDADDR on the base device): that of its first address not labelled
+        as an alias; when that address was added without one (``ip addr add`` sets
+        none unless asked) the subnet's broadcast computed from its prefix."""
         with self._ipr() as ipr:
             idx = self._index(ipr, device)
             for msg in ipr.get_addr(family=socket.AF_INET, index=idx):
                 label = msg.get_attr("IFA_LABEL")
+                if label is not None and label != device:
+                    continue
                 brd = msg.get_attr("IFA_BROADCAST")
-                if brd and (label is None or label == device):
+                if brd:
                     return IPv4Address(brd)
+                net = ip_network(f"{msg.get_attr('IFA_LOCAL')}/{msg['prefixlen']}", strict=False)
+                return net.broadcast_address if net.prefixlen < 31 else None
         return None
 
     def local_addresses(self) -> dict[IPAddress, str]:

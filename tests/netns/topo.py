@@ -213,3 +213,60 @@ def inside(ns: Netns) -> Iterator[None]:
     finally:
         os.close(target)
         os.close(home)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One captured link-layer frame and its capture time (seconds)."""
+
+    time: float
+    data: bytes
+
+
+def read_pcap(path: str | Path) -> list[Frame]:
+    """The frames of a classic pcap file (as tcpdump -w writes), either byte order."""
+    import struct
+
+    raw = Path(path).read_bytes()
+    if len(raw) < 24:
+        return []
+    magic = raw[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        order = "<"
+    elif magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        order = ">"
+    else:
+        raise ValueError(f"{path}: not a pcap file")
+    nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+    frames, off = [], 24
+    while off + 16 <= len(raw):
+        sec, frac, incl, _orig = struct.unpack(order + "IIII", raw[off : off + 16])
+        off += 16
+        frames.append(Frame(sec + frac / (1e9 if nano else 1e6), raw[off : off + incl]))
+        off += incl
+    return frames
+
+
+class Capture:
+    """``tcpdump -i DEV -w FILE -c COUNT FILTER`` inside ``ns``, started and ready to
+    capture when the constructor returns; :meth:`frames` waits for it to finish."""
+
+    def __init__(
+        self, ns: Netns, dev: str, path: str | Path, count: int, bpf_filter: str = ""
+    ) -> None:
+        self.path = Path(path)
+        args = ["tcpdump", "-i", dev, "-U", "-n", "-w", str(self.path), "-c", str(count)]
+        self.proc = ns.popen(*args, *bpf_filter.split(), text=True)
+        line = self.proc.stderr.readline() if self.proc.stderr else ""
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"tcpdump on {ns.role}/{dev} did not start: {line}")
+
+    def frames(self, timeout: float = 20) -> list[Frame]:
+        """Wait until COUNT frames were captured (or ``timeout``), then read them."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait(5)
+        return read_pcap(self.path)
