@@ -1,12 +1,12 @@
 """``lvs-router``: the router daemon's command line.
 
-Available: ``apply --dataplane ipvs`` (make the kernel's IPVS table what a config's
-steady state asks for, by diff, never a flush), ``show --dataplane ipvs`` (print
-the kernel's table), and the same two for ``--dataplane xdp`` (compile, load, pin
-and fill the XDP program's maps; print its counters; handlers in
-dataplane/xdp_cli.py). The daemon itself (``run``, ``reload``, ``status``) and
-``send-arp`` are being built issue by issue; until a command exists it is listed as
-not available yet rather than pretending to work.
+``run`` (the daemon: health checks and the director, handlers in runtime/daemon_cli.py),
+``reload`` and ``status`` (talk to a running daemon over its control socket),
+``apply`` and ``show`` for ``--dataplane ipvs`` (make the kernel's IPVS table what a
+config's steady state asks for, by diff, never a flush; print the table) and
+``--dataplane xdp`` (compile, load, pin and fill the XDP program's maps; print its
+counters; handlers in dataplane/xdp_cli.py), and ``send-arp`` (piranha's send_arp,
+runtime/send_arp_cli.py).
 
 Exit status: 0 done, 1 the config has errors or the kernel refused, 2 usage.
 """
@@ -19,24 +19,30 @@ from collections.abc import Sequence
 from functools import cmp_to_key
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+DAEMON_COMMANDS = ("run", "reload", "status")
 
-NOT_YET = {
-    "run": "run the router daemon (heartbeat, health checks, director)",
-    "reload": "make a running daemon re-read lvs.cf",
-    "status": "show a running daemon's state",
-    "send-arp": "send piranha-style gratuitous ARP for an address",
-}
+# Commands still being built; each is listed as not available rather than pretending.
+NOT_YET: dict[str, str] = {}
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lvs-router",
-        description="The lvs-router daemon and dataplane tools. Available: `apply` and "
-        "`show` for the kernel IPVS dataplane and the XDP dataplane. Not available yet in "
-        "this release: " + ", ".join(NOT_YET) + " (they arrive with the runtime work).",
-        epilog="not available yet: " + "; ".join(f"{k}: {v}" for k, v in NOT_YET.items()),
+        description="The lvs-router daemon and its tools: `run` the daemon (health checks "
+        "and the director on the IPVS or XDP dataplane), `reload` and `status` a running "
+        "one, `apply` and `show` a dataplane's table once, `send-arp` as piranha's send_arp.",
+        epilog=(
+            "not available yet: " + "; ".join(f"{k}: {v}" for k, v in NOT_YET.items())
+            if NOT_YET
+            else None
+        ),
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    from runtime.daemon_cli import add_parsers as add_daemon_parsers
+    from runtime.send_arp_cli import add_parser as add_send_arp_parser
+
+    add_daemon_parsers(sub)
+    add_send_arp_parser(sub)
 
     a = sub.add_parser(
         "apply",
@@ -280,6 +286,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_USAGE
+    if args.command in DAEMON_COMMANDS:
+        from runtime.daemon_cli import run_command
+
+        return run_command(args)
+    if args.command == "send-arp":
+        from runtime.send_arp_cli import run as send_arp
+
+        return send_arp(args)
     try:
         if args.dataplane == "xdp":
             return _xdp(p, args)
