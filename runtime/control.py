@@ -44,6 +44,7 @@ class ControlServer:
         self.path = path
         self.handler = handler
         self._server: asyncio.AbstractServer | None = None
+        self._clients: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         p = Path(self.path)
@@ -61,6 +62,9 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
         try:
             while line := await reader.readline():
                 try:
@@ -76,10 +80,16 @@ class ControlServer:
             pass
         finally:
             writer.close()
+            self._clients.discard(task)
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+            for task in list(self._clients):  # connected clients: hang up on them
+                task.cancel()
+            for task in list(self._clients):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
