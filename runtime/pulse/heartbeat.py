@@ -79,6 +79,11 @@ class _Counts:
     commands: set[asyncio.Task[int]] = field(default_factory=set)  # not waited for
 
 
+@dataclass(frozen=True, slots=True)
+class _DropStaleVips:
+    """The worker's first job when starting inactive (see Pulse._drop_stale_vips)."""
+
+
 def _noop() -> Callback:
     async def nothing() -> None:
         return None
@@ -137,7 +142,7 @@ class Pulse:
         self.held: list[VipSpec] = []
         self.paths: list[_Path] = []
         self.counts = _Counts()
-        self._work: asyncio.Queue[machine.Action | None] = asyncio.Queue()
+        self._work: asyncio.Queue[machine.Action | _DropStaleVips | None] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -168,6 +173,8 @@ class Pulse:
         try:
             if settings.backup_active:
                 self._open_sockets(addrs)
+            if not self.forceactive:
+                self._work.put_nowait(_DropStaleVips())  # first, before any activation
             self._execute(self.machine.start(self.clock()))
             if self._exit:
                 raise self._exit
@@ -355,8 +362,10 @@ class Pulse:
                 async with self.state_changed:
                     self.state_changed.notify_all()
 
-    async def _carry_out(self, action: machine.Action) -> None:
+    async def _carry_out(self, action: machine.Action | _DropStaleVips) -> None:
         match action:
+            case _DropStaleVips():
+                await self._drop_stale_vips()
             case machine.Activate():
                 await self._activate()
             case machine.Deactivate():
@@ -401,6 +410,17 @@ class Pulse:
                 log.error("cannot take down %s on %s: %s", spec.address, spec.device, e)
             if spec in self.held:
                 self.held.remove(spec)
+
+    async def _drop_stale_vips(self) -> None:
+        """A router starts inactive, so VIPs found on its devices are left over from
+        a run that was killed; holding them would answer ARP for an address the
+        partner now owns. (piranha left such aliases up.)"""
+        for spec in self.vips:
+            try:
+                if await asyncio.to_thread(self.netlink.remove, spec):
+                    log.warning("removed stale VIP %s from %s", spec.address, spec.device)
+            except Exception as e:
+                log.error("cannot check %s on %s: %s", spec.address, spec.device, e)
 
     def _cancel_garps(self) -> None:
         for t in self._garps:

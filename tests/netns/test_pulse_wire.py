@@ -117,6 +117,17 @@ class PulseProc:
         err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
         raise AssertionError(f"no {prefix!r} from pulse; saw {self.seen}; stderr: {err}")
 
+    def drain(self) -> list[str]:
+        """Every line printed so far (waiting briefly for the reader to catch up)."""
+        time.sleep(0.2)
+        while True:
+            try:
+                line = self.lines.get_nowait()
+            except queue.Empty:
+                return self.seen
+            self.seen.append(line)
+            self.backlog.append(line)
+
     def terminate_for_counters(self) -> dict[str, int]:
         """SIGTERM; the packet counters it prints on the way out."""
         self.proc.send_signal(signal.SIGTERM)
