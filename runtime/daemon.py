@@ -41,7 +41,7 @@ from compiler.diagnostics import Severity, render_text
 from compiler.model import Config
 
 from .backends import Backend, BackendError
-from .control import DEFAULT_SOCKET, ControlServer
+from .control import DEFAULT_SOCKET, ControlError, ControlServer
 from .director import Director, Health, Verdict, servers
 
 log = logging.getLogger("lvs-router")
@@ -187,6 +187,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        self._ready = False
         # every dataplane call runs on this one thread: pyroute2's sync sockets run their
         # own event loop (not usable inside ours), and an XDP compile takes seconds
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
@@ -200,6 +201,10 @@ class Daemon:
         """Everything up to READY; raises ConfigError/BackendError when it cannot."""
         opts = self.opts
         config = load_config(opts.config, opts.dialect)
+        if opts.socket:  # first: a second daemon is refused before it touches anything
+            control = ControlServer(opts.socket, self.handle)
+            await control.start()
+            self.control = control
         backend = await self._call(make_backend, opts)
         self.backend = backend
         await self._call(backend.load, config)
@@ -226,9 +231,6 @@ class Daemon:
             on_crash=self._on_crash,
         )
         await self.monitor.start()
-        if opts.socket:
-            self.control = ControlServer(opts.socket, self.handle)
-            await self.control.start()
         if opts.metrics:
             from .metrics import Metrics
 
@@ -243,14 +245,24 @@ class Daemon:
             asyncio.create_task(self._applier(), name="applier"),
             asyncio.create_task(self._ticker(), name="ticker"),
         ]
+        self._ready = True
         sd_notify("READY=1\nSTATUS=running")
         _log(logging.INFO, "ready", socket=opts.socket or "off")
 
     async def run(self) -> int:
         try:
             await self.start()
-        except (ConfigError, BackendError) as err:
-            text = err.text if isinstance(err, ConfigError) else err.render()
+        except (ConfigError, BackendError, ControlError, OSError) as err:
+            if isinstance(err, ConfigError):
+                text = err.text
+            elif isinstance(err, BackendError):
+                text = err.render()
+            else:
+                text = f"error: {err}"
+            if self.control is not None:
+                await self.control.close()
+            if self.monitor is not None:
+                await self.monitor.stop()
             sys.stderr.write(text.rstrip() + "\n")
             _log(logging.ERROR, "not started", config=self.opts.config)
             await self._close_backend()
@@ -454,6 +466,8 @@ class Daemon:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("command")
+        if not self._ready:
+            return {"ok": False, "error": "the daemon is starting"}
         if cmd == "status":
             return {"ok": True, "status": await self.status()}
         if cmd == "reload":

@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -174,7 +175,7 @@ class Lab:
     def write_config(self, text: str) -> None:
         self.config.write_text("network = direct\n" + text)
 
-    def start(self, *extra: str) -> subprocess.Popen:
+    def start(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         self.n += 1
         log = open(self.work / f"daemon-{self.n}.log", "w")  # noqa: SIM115 - the process owns it
         # nsenter, not `ip netns exec`: that one mounts a fresh /sys, which would hide
@@ -204,6 +205,7 @@ class Lab:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=str(ROOT),
+            env={**os.environ, **(env or {})},
         )
         self.lb.procs.append(self.daemon)
         self.wait(lambda s: True, what="the control socket answers")
@@ -214,7 +216,8 @@ class Lab:
 
     def status(self) -> dict:
         answer = request(self.socket, "status", timeout=10)
-        assert answer["ok"], answer
+        if not answer["ok"]:  # starting
+            raise ControlError(answer["error"])
         return answer["status"]
 
     def wait(self, predicate: Callable[[dict], bool], what: str) -> dict:
@@ -474,3 +477,43 @@ def test_sigkill_keeps_forwarding_and_a_restart_adopts_without_dropping(lab: Lab
     for i in range(3):
         assert lab.ask(op="echo", sport=sport, data=f"adopted-{i}") == f"adopted-{i}"
     lab.ask(op="close", sport=sport)
+
+
+def test_systemd_notifications_and_prometheus_metrics(lab: Lab) -> None:
+    lab.write_config(virtual("web", 80, "", server_block("rs1") + server_block("rs2")))
+    notify = lab.work / "notify.sock"
+    notify.unlink(missing_ok=True)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sd:
+        sd.bind(str(notify))
+        sd.settimeout(DEADLINE_S)
+        daemon = lab.start("--metrics", "127.0.0.1:9539", env={"NOTIFY_SOCKET": str(notify)})
+        assert sd.recv(1000).startswith(b"READY=1")
+        lab.wait_servers("web", rs1="up", rs2="up")
+        assert lab.names() == {"rs1", "rs2"}
+        daemon.send_signal(signal.SIGHUP)
+        assert sd.recv(1000).startswith(b"RELOADING=1")
+        assert sd.recv(1000) == b"READY=1"
+        lab.wait(lambda s: s["reloads"]["ok"] == 1, "the reload is done")
+        scrape = (
+            "import urllib.request; print(urllib.request.urlopen("
+            "'http://127.0.0.1:9539/metrics', timeout=10).read().decode())"
+        )
+        deadline = time.monotonic() + DEADLINE_S
+        while True:  # gauges are refreshed every few seconds
+            text = lab.lb.python(scrape)
+            if 'lvs_router_server_up{server="rs2",virtual="web"} 1.0' in text and (
+                'lvs_router_reloads_total{outcome="ok"} 1.0' in text
+            ):
+                break
+            assert time.monotonic() < deadline, text
+            time.sleep(0.5)
+        assert 'lvs_router_server_in_dataplane{server="rs1",virtual="web"} 1.0' in text
+        assert 'lvs_router_check_results_total{result="ok",virtual="web"}' in text
+        packets = [
+            line
+            for line in text.splitlines()
+            if line.startswith('lvs_router_dataplane_packets_total{server="",virtual="web"}')
+        ]
+        assert packets and float(packets[0].split()[-1]) > 0, packets
+        assert lab.stop() == 0
+        assert sd.recv(1000) == b"STOPPING=1"
