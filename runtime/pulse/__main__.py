@@ -16,6 +16,7 @@ import signal
 import sys
 
 from compiler import compile_file
+from compiler.diagnostics import render_text
 from compiler.model import Dialect
 
 from .heartbeat import Pulse, PulseExit
@@ -29,8 +30,8 @@ def _say(line: str) -> None:
 async def _main(args: argparse.Namespace) -> int:
     result = compile_file(args.config, Dialect(args.dialect))
     if not result.ok:
-        for d in result.errors:
-            print(d, file=sys.stderr)
+        sources = {result.source.name: result.source}
+        print(render_text(result.errors, sources), file=sys.stderr)
         return 1
 
     async def on_activate() -> None:

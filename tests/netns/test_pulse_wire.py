@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -426,3 +426,34 @@ def test_authenticated_heartbeats_forged_and_replayed_are_rejected(
     c = p.terminate_for_counters()
     assert c["forged"] > 0 and c["replayed"] > 0 and c["unauthenticated"] > 0
     assert c["accepted"] >= 10  # the genuine phase, plus the attack's first real one
+
+
+def test_ipv6_vip_unsolicited_na_is_accepted_by_a_neighbour(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """For an IPv6 VIP the takeover announcement is an unsolicited NA (ICMPv6 136,
+    Override, target link-layer option, to ff02::1, hop limit 255): captured byte
+    for byte, and a neighbour's stale entry for the VIP moves to our MAC, which
+    the kernel does only for a well-formed NA with a correct checksum. Addresses
+    from 2001:2::/48, IPv6's benchmarking range."""
+    peer, router = pair(topology)
+    router.ip("addr", "flush", "dev", "eth0")
+    peer.ip("addr", "flush", "dev", "eth0")
+    router.addr("eth0", f"{PUB}.2/24")
+    peer.addr("eth0", f"{PUB}.3/24")
+    vip6 = "2001:2::10"
+    cf = config(tmp_path / "lvs.cf", keepalive=0.2, deadtime=60)
+    text = cf.read_text().replace(f"address = {PUB}.10 eth0:1", f"address = {vip6} eth0")
+    cf.write_text(text.replace(f"address = {PUB}.50", "address = 2001:2::50"))
+    peer.ip("-6", "neigh", "replace", vip6, "lladdr", "02:00:00:00:00:99", "dev", "eth0",
+            "nud", "stale")  # fmt: skip
+    nas = Capture(peer, "eth0", tmp_path / "na.pcap", 3, "icmp6 and ip6[40] = 136")
+    p = PulseProc(router, cf, "--forceactive", "--garp-interval", "0.05", "--garp-count", "3")
+    p.expect("active")
+    assert wait_until(lambda: f"inet6 {vip6}/128" in router.ip("-6", "addr", "show", "dev", "eth0"))
+    expected = garp.na_frame(IPv6Address(vip6), mac_of(router))
+    assert [f.data for f in nas.frames()] == [expected] * 3
+    router_mac = ":".join(f"{b:02x}" for b in mac_of(router))
+    assert wait_until(
+        lambda: f"lladdr {router_mac}" in peer.ip("-6", "neigh", "show", vip6), timeout=5
+    )
