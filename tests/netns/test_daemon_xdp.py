@@ -294,6 +294,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         client.addr("eth0", f"{CLIENT_ADDR}/24")
         client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
         lb.addr("eth0", f"{DIRECTOR}/24")
+        # neighbour entries age in about a second here (30 s by default), so that a
+        # replaced real server's new MAC is learned quickly
+        lb.sysctl("net.ipv4.neigh.eth0.base_reachable_time_ms", 1000)
+        lb.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", 1)
         lb.addr("eth0", f"{VIP}/32")
         reals = {}
         for name, addr in REALS.items():
@@ -517,3 +521,23 @@ def test_systemd_notifications_and_prometheus_metrics(lab: Lab) -> None:
         assert packets and float(packets[0].split()[-1]) > 0, packets
         assert lab.stop() == 0
         assert sd.recv(1000) == b"STOPPING=1"
+
+
+def test_a_replaced_real_server_with_a_new_mac_keeps_working(lab: Lab) -> None:
+    lab.write_config(virtual("web", 80, "", server_block("rs1") + server_block("rs2")))
+    lab.start()
+    lab.wait_servers("web", rs1="up", rs2="up")
+    assert lab.names() == {"rs1", "rs2"}
+    rs1 = lab.reals["rs1"]
+    old = json.loads(rs1.ip("-j", "link", "show", "eth0"))[0]["address"]
+    new = "02:00:5e:00:53:11" if old != "02:00:5e:00:53:11" else "02:00:5e:00:53:12"
+    rs1.ip("link", "set", "eth0", "address", new)  # the same address on another machine
+    deadline = time.monotonic() + DEADLINE_S
+    while f"MAC of {REALS['rs1']} is now {new}" not in lab.log():
+        assert time.monotonic() < deadline, lab.log()
+        time.sleep(0.2)
+    lab.wait_servers("web", rs1="up")
+    deadline = time.monotonic() + DEADLINE_S
+    while lab.names(n=30) != {"rs1", "rs2"}:  # rs1's share arrives at the new MAC
+        assert time.monotonic() < deadline, lab.log()
+        time.sleep(0.5)
