@@ -1,0 +1,101 @@
+"""The Pulse API the daemon uses, in-process inside a namespace: callbacks in the
+right order, a failing director start treated as piranha's CHILDFAIL (§3.6),
+active_cmd/inactive_cmd run without a shell, sync-daemon roles, status(), stop()."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from compiler import compile_file
+from runtime.pulse.heartbeat import Pulse, PulseExit, Status
+from runtime.pulse.vip import Netlink
+from tests.netns.test_pulse_wire import PUB, VIP, config, has_vip, pair, partner
+from tests.netns.topo import Topology, inside
+
+pytestmark = pytest.mark.netns
+
+
+def test_callbacks_childfail_commands_sync_roles_and_status(
+    topology: Topology, tmp_path: Path
+) -> None:
+    peer, router = pair(topology)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    cf = config(tmp_path / "lvs.cf", keepalive=0.1, deadtime=0.5)
+    text = cf.read_text()
+    text += f'active_cmd = "/usr/bin/touch {marks}/active"\n'
+    text += f'inactive_cmd = "/usr/bin/touch {marks}/inactive"\n'
+    cf.write_text(text + "syncdaemon = 1\n")
+    result = compile_file(str(cf))
+    assert result.ok, result.errors
+    events: list[str] = []
+    fail_first = [True]
+
+    async def on_activate() -> None:
+        events.append(f"activate vip={has_vip(router)}")
+        if fail_first.pop() if fail_first else False:
+            raise RuntimeError("director would not start")
+
+    async def on_deactivate() -> None:
+        events.append(f"deactivate vip={has_vip(router)}")
+
+    async def on_sync_role(role: str) -> None:
+        events.append(f"sync {role}")
+
+    async def scenario() -> tuple[Status, Status, Status, Status]:
+        pulse = Pulse(
+            result.config,
+            on_activate=on_activate,
+            on_deactivate=on_deactivate,
+            on_sync_role=on_sync_role,
+            netlink=Netlink(netns=router.name),
+            garp_count=1,
+        )
+        task = asyncio.create_task(pulse.run())
+        await asyncio.wait_for(pulse.ready.wait(), 20)
+        # silence: the dead timer activates; the director fails: CHILDFAIL
+        failed = await asyncio.wait_for(pulse.wait_for(lambda s: s.child_fail), 20)
+        await asyncio.wait_for(pulse.wait_for(lambda s: not s.vips), 20)
+        await asyncio.sleep(1.5)  # three deadtimes: CHILDFAIL keeps it down
+        held_down = pulse.status()
+        # one RUNNING heartbeat clears CHILDFAIL; then silence activates again
+        await asyncio.to_thread(partner, peer, f"{PUB}.2", f"{PUB}.3", "running", count=1)
+        up = await asyncio.wait_for(pulse.wait_for(lambda s: s.state == "active" and s.vips), 20)
+        await pulse.stop()
+        await asyncio.wait_for(task, 20)
+        return failed, held_down, up, pulse.status()
+
+    with inside(router):
+        failed, held_down, up, stopped = asyncio.run(scenario())
+
+    assert failed.role == "backup" and failed.child_fail
+    assert held_down.state == "inactive" and held_down.child_fail and held_down.vips == ()
+    assert up.state == "active" and not up.child_fail and up.vips == (VIP,)
+    assert up.peer == "dead" and up.heartbeats_sent > 0 and up.transitions == 3
+    assert up.packets["accepted"] == 1
+    assert stopped.state == "stopped" and stopped.vips == () and not has_vip(router)
+    # VIPs are up before the director starts and still up when it is stopped
+    assert events == [
+        "sync backup",  # start-up (§3.2 step 6)
+        "sync master",
+        "activate vip=True",  # raises
+        "sync backup",
+        "deactivate vip=True",
+        "sync master",
+        "activate vip=True",
+        "sync backup",  # stop()
+        "deactivate vip=True",
+    ]
+    assert (marks / "active").exists() and (marks / "inactive").exists()
+
+
+def test_backup_with_backup_active_off_refuses_to_run(topology: Topology, tmp_path: Path) -> None:
+    """§3.2 step 5: "We are backup node and backup is marked inactive -- exiting"."""
+    _peer, router = pair(topology)
+    cf = config(tmp_path / "lvs.cf", backup_active=0)
+    pulse = Pulse(compile_file(str(cf)).config, netlink=Netlink(netns=router.name))
+    with inside(router), pytest.raises(PulseExit, match="backup is marked inactive"):
+        asyncio.run(pulse.run())
