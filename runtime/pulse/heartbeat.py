@@ -100,6 +100,8 @@ class Pulse:
     CHILDFAIL). ``on_sync_role("master"|"backup")`` is called when ``syncdaemon = 1``.
     ``interface_for_vip`` maps a device named in lvs.cf (``eth0``) to a local one.
     ``key`` switches heartbeats to the authenticated format (both routers need it).
+    ``backup_defers_to_master=False`` applies piranha 0.8.6's §3.5 row 5 to the letter
+    (see docs/pulse.md).
     """
 
     def __init__(
@@ -120,6 +122,7 @@ class Pulse:
         shutdown_heartbeat: bool = True,
         auth_window_s: float = wire.DEFAULT_WINDOW_S,
         link_poll_s: float | None = None,
+        backup_defers_to_master: bool = True,
     ) -> None:
         self.config = config
         self.on_activate = on_activate or _noop()
@@ -134,6 +137,7 @@ class Pulse:
         self.garp_interval = garp_interval
         self.shutdown_heartbeat = shutdown_heartbeat
         self.link_poll_s = link_poll_s
+        self.backup_defers_to_master = backup_defers_to_master
         self.signer = wire.Signer(key)
         self.verifier = wire.Verifier(key, window_s=auth_window_s)
         self.role: Role | None = None
@@ -162,7 +166,10 @@ class Pulse:
         primary = resolve(self.config.primary)
         self.role = Role.MASTER if primary in addrs else Role.BACKUP
         settings = machine.settings_from_config(
-            self.config, self.role, forceactive=self.forceactive
+            self.config,
+            self.role,
+            forceactive=self.forceactive,
+            backup_defers_to_master=self.backup_defers_to_master,
         )
         if not self.config.active_virtuals:
             raise PulseExit(f"pulse: no active lvs services defined in {self.config.file}")

@@ -121,7 +121,13 @@ class Settings:
         return self.monitor_links and self.backup_active
 
 
-def settings_from_config(config: Config, role: Role, *, forceactive: bool = False) -> Settings:
+def settings_from_config(
+    config: Config,
+    role: Role,
+    *,
+    forceactive: bool = False,
+    backup_defers_to_master: bool = True,
+) -> Settings:
     """The machine's settings from a compiled lvs.cf. §3.2 step 3: a backup_active
     router whose ``backup`` is unset or 0.0.0.0 has no partner, so backup_active is
     cleared ("Undefined backup node marked as active? -- clearing that!")."""
@@ -136,6 +142,7 @@ def settings_from_config(config: Config, role: Role, *, forceactive: bool = Fals
         has_active_cmd=bool(config.active_cmd),
         has_inactive_cmd=bool(config.inactive_cmd),
         forceactive=forceactive,
+        backup_defers_to_master=backup_defers_to_master,
     )
 
 
