@@ -26,8 +26,10 @@ failed, and the result is still a pure function of (members, weights, taken-out 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from itertools import cycle, islice
 from math import gcd
 
 import numpy as np
@@ -64,46 +66,105 @@ def _offset_skip(key: str, size: int) -> tuple[int, int]:
     return h1 % size, h2 % (size - 1) + 1
 
 
-def _fill(
-    table: list[int],
-    members: Sequence[Member],
-    eligible: Sequence[int],
-    size: int,
-    free: int,
-) -> None:
-    """Let the ``eligible`` members take turns claiming empty slots of ``table``
-    (mutated in place) until ``free`` slots have been claimed."""
-    weights = [members[i].weight for i in eligible]
+# When this few slots are left empty, _fill stops probing permutations one slot at a
+# time (a nearly full table makes each probe walk long) and finishes by rank order.
+DENSE_AT = 1 / 64
+
+
+def _schedule(weights: Sequence[int], limit: int) -> list[int]:
+    """The order in which members (positions in ``weights``) claim slots under the
+    turn rule: each round every member earns its weight in credit and claims a slot
+    each time its credit reaches the largest weight. The order repeats every
+    ``max(weights)`` rounds (the credits are all back to 0 then), so one period, at
+    most ``limit`` claims long, is all the fill needs; it depends on the weights only,
+    never on the table."""
     g = 0
     for w in weights:
         g = gcd(g, w)
-    weights = [w // g for w in weights]
-    top = max(weights)
-    offsets, skips, nexts, credit = [], [], [], [0] * len(eligible)
-    for i in eligible:
-        off, skip = _offset_skip(members[i].key, size)
-        offsets.append(off)
-        skips.append(skip)
-        nexts.append(off)  # the slot at j = 0 of the permutation
-    order = range(len(eligible))
-    while free:
-        for n in order:
-            c = credit[n] + weights[n]
-            if c < top:
+    reduced = [w // g for w in weights]
+    top = max(reduced)
+    credit = [0] * len(reduced)
+    out: list[int] = []
+    for _ in range(top):
+        for n, w in enumerate(reduced):
+            c = credit[n] + w
+            if c >= top:
+                credit[n] = c - top
+                out.append(n)
+                if len(out) == limit:
+                    return out
+            else:
                 credit[n] = c
-                continue
-            credit[n] = c - top
-            slot, skip = nexts[n], skips[n]
-            while table[slot] != EMPTY:
-                slot += skip
-                if slot >= size:
-                    slot -= size
-            table[slot] = eligible[n]
-            slot += skip
-            nexts[n] = slot - size if slot >= size else slot
-            free -= 1
-            if not free:
-                return
+    return out
+
+
+def _fill(members: Sequence[Member], eligible: Sequence[int], size: int) -> np.ndarray:
+    """The whole table: the ``eligible`` members take turns (:func:`_schedule`)
+    claiming their most preferred empty slot.
+
+    Two phases with one result. While the table is sparse, each turn walks the
+    member's permutation to its next empty slot. Once only ``DENSE_AT`` of the slots
+    are empty, every remaining empty slot lies *after* each member's position in its
+    permutation (the slots before it were full when it passed them, and slots never
+    empty again), so each member's next choice is simply the empty slot of lowest
+    rank in its permutation: the ranks are computed with numpy and the turns go on
+    over those preference lists (:func:`_turns`, which :func:`without` uses too)."""
+    order = _schedule([members[i].weight for i in eligible], size)
+    perms = [_offset_skip(members[i].key, size) for i in eligible]
+    skips = [skip for _off, skip in perms]
+    nexts = [off for off, _skip in perms]  # each member's slot at j = 0
+    full = bytearray(size)
+    owner = array("i", [0]) * size  # position in eligible; valid where full
+    sparse = size - max(int(size * DENSE_AT), 1)  # claims made by walking permutations
+    for n in islice(cycle(order), sparse):
+        slot, skip = nexts[n], skips[n]
+        while full[slot]:
+            slot = (slot + skip) % size
+        full[slot] = 1
+        owner[slot] = n
+        nexts[n] = (slot + skip) % size
+    view = np.frombuffer(owner, dtype=np.int32)
+    empties = np.flatnonzero(np.frombuffer(full, dtype=np.uint8) == 0)
+    prefs = _preferences(empties, perms, size)
+    for slot, n in _turns(prefs, order, sparse % len(order), size - sparse):
+        view[slot] = n
+    return np.array(eligible, dtype=np.int32)[view]
+
+
+def _preferences(slots: np.ndarray, perms: Sequence[tuple[int, int]], size: int) -> list[list[int]]:
+    """Each permutation's order of preference among ``slots``: by the position
+    ``j = (slot - offset) * skip^-1 (mod size)`` of each slot in it."""
+    wide = slots.astype(np.int64)[None, :]
+    offs = np.array([off for off, _skip in perms], dtype=np.int64)[:, None]
+    invs = np.array([pow(skip, -1, size) for _off, skip in perms], dtype=np.int64)[:, None]
+    rank = (wide - offs) % size * invs % size  # one row per permutation
+    return slots[np.argsort(rank, axis=1, kind="stable")].tolist()
+
+
+def _turns(
+    prefs: list[list[int]], order: list[int], start: int, left: int
+) -> list[tuple[int, int]]:
+    """The turn rule over preference lists: members claim in ``order`` (a period of
+    :func:`_schedule`, from position ``start``) their most preferred unclaimed slot
+    until ``left`` slots are claimed. Returns (slot, member position) pairs."""
+    ptr = [0] * len(prefs)
+    taken: set[int] = set()
+    out = []
+    k, period = start, len(order)
+    while left:
+        n = order[k]
+        k += 1
+        if k == period:
+            k = 0
+        pref, p = prefs[n], ptr[n]
+        while pref[p] in taken:
+            p += 1
+        slot = pref[p]
+        ptr[n] = p + 1
+        taken.add(slot)
+        out.append((slot, n))
+        left -= 1
+    return out
 
 
 def build(members: Sequence[Member], size: int = DEFAULT_SIZE) -> np.ndarray:
@@ -115,11 +176,10 @@ def build(members: Sequence[Member], size: int = DEFAULT_SIZE) -> np.ndarray:
     keys = [m.key for m in members]
     if len(set(keys)) != len(keys):
         raise ValueError("member keys must be unique")
-    table = [EMPTY] * size
     eligible = [i for i, m in enumerate(members) if m.weight > 0]
-    if eligible:
-        _fill(table, members, eligible, size, size)
-    return np.array(table, dtype=np.int32)
+    if not eligible:
+        return np.full(size, EMPTY, dtype=np.int32)
+    return _fill(members, eligible, size)
 
 
 def without(
@@ -141,41 +201,9 @@ def without(
     eligible = [i for i, m in enumerate(members) if m.weight > 0 and i not in set(out)]
     if not len(freed) or not eligible:
         return table
-    prefs = []
-    for i in eligible:
-        off, skip = _offset_skip(members[i].key, size)
-        inv = pow(skip, -1, size)
-        rank = ((freed.astype(np.int64) - off) % size) * inv % size
-        prefs.append(freed[np.argsort(rank, kind="stable")].tolist())
-    weights = [members[i].weight for i in eligible]
-    g = 0
-    for w in weights:
-        g = gcd(g, w)
-    weights = [w // g for w in weights]
-    top = max(weights)
-    credit = [0] * len(eligible)
-    ptr = [0] * len(eligible)
-    taken: set[int] = set()
-    owners: list[int] = []
-    left = len(freed)
-    while left:
-        for n in range(len(eligible)):
-            c = credit[n] + weights[n]
-            if c < top:
-                credit[n] = c
-                continue
-            credit[n] = c - top
-            pref, p = prefs[n], ptr[n]
-            while pref[p] in taken:
-                p += 1
-            slot = pref[p]
-            ptr[n] = p + 1
-            taken.add(slot)
-            owners.append(slot)
-            owners.append(eligible[n])
-            left -= 1
-            if not left:
-                break
+    prefs = _preferences(freed, [_offset_skip(members[i].key, size) for i in eligible], size)
+    order = _schedule([members[i].weight for i in eligible], len(freed))
+    owners = [x for slot, n in _turns(prefs, order, 0, len(freed)) for x in (slot, eligible[n])]
     pairs = np.array(owners, dtype=np.int64).reshape(-1, 2)
     table[pairs[:, 0]] = pairs[:, 1]
     return table

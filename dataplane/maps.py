@@ -65,6 +65,10 @@ class Service(ct.Structure):
     ]
 
 
+class ServiceInfo(ct.Structure):
+    _fields_ = [("key", ServiceKey), ("svc", Service)]
+
+
 class VipKey(ct.Structure):
     _fields_ = [("vip", ct.c_uint32), ("proto", ct.c_uint8), ("pad", ct.c_uint8 * 3)]
 
@@ -85,7 +89,12 @@ class FlowKey(ct.Structure):
 
 
 class FlowState(ct.Structure):
-    _fields_ = [("real", ct.c_uint32), ("addr", ct.c_uint32)]
+    _fields_ = [
+        ("real", ct.c_uint32),
+        ("addr", ct.c_uint32),
+        ("service", ct.c_uint32),
+        ("pad", ct.c_uint32),
+    ]
 
 
 class PersistKey(ct.Structure):
@@ -108,6 +117,7 @@ U32, U64 = ct.c_uint32, ct.c_uint64
 
 LAYOUTS: dict[str, tuple[Any, Any]] = {
     "services": (ServiceKey, Service),
+    "service_info": (U32, ServiceInfo),
     "vips": (VipKey, U32),
     "reals": (U32, Real),
     "rings": (U32, U32),
@@ -126,6 +136,7 @@ HASH, ARRAY, PERCPU_ARRAY, LRU_HASH = 1, 2, 6, 9
 F_NO_COMMON_LRU = 1 << 1
 KINDS = {
     "services": (HASH, 0),
+    "service_info": (ARRAY, 0),
     "vips": (HASH, 0),
     "reals": (ARRAY, 0),
     "rings": (ARRAY, 0),
@@ -163,6 +174,7 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
     reports it (``bpf_obj_get_info_by_fd``)."""
     entries = {
         "services": sizes.max_services,
+        "service_info": sizes.max_services,
         "vips": sizes.max_services,
         "reals": sizes.max_reals,
         "rings": sizes.max_services * sizes.ring_size,
@@ -221,22 +233,48 @@ class LbMaps:
     def set_service(
         self, vip: IPv4Address, port: int, proto: int, value: tuple[int, int, int, IPv4Address]
     ) -> None:
+        """Write the service under its key and under its index (``service_info``,
+        which tracked flows are checked against); the index first, so that no packet
+        finds the key before the index says the same."""
         index, flags, persist_s, pmask = value
-        t = self._t["services"]
         key = ServiceKey(be32(vip), be16(port), proto, 0)
-        t[_cast(key, t.Key)] = _cast(Service(index, flags, persist_s, be32(pmask)), t.Leaf)
+        svc = Service(index, flags, persist_s, be32(pmask))
+        info = self._t["service_info"]
+        info[info.Key(index)] = _cast(ServiceInfo(key, svc), info.Leaf)
+        t = self._t["services"]
+        t[_cast(key, t.Key)] = _cast(svc, t.Leaf)
 
     def delete_service(self, vip: IPv4Address, port: int, proto: int) -> None:
+        """Remove the key, and clear its index unless another service holds it now
+        (then the flows tracked for the old one no longer match and are dropped or
+        rescheduled)."""
         t = self._t["services"]
-        del t[_cast(ServiceKey(be32(vip), be16(port), proto, 0), t.Key)]
+        key = ServiceKey(be32(vip), be16(port), proto, 0)
+        k = _cast(key, t.Key)
+        index = Service.from_buffer_copy(bytes(t[k])).index
+        del t[k]
+        info = self._t["service_info"]
+        held = ServiceInfo.from_buffer_copy(bytes(info[info.Key(index)]))
+        if bytes(held.key) == bytes(key):
+            info[info.Key(index)] = info.Leaf()
 
     def services(self) -> dict[tuple[IPv4Address, int, int], tuple[int, int, int, IPv4Address]]:
+        """Every service key with its value; the index reads as -1 when
+        ``service_info`` does not hold the same service at that index (a map
+        recreated after a size change), so that a sync writes it again."""
         out = {}
+        info = self._t["service_info"]
         for k, v in self._t["services"].items():
             key = ServiceKey.from_buffer_copy(bytes(k))
             val = Service.from_buffer_copy(bytes(v))
+            held = None
+            if val.index < self.sizes.max_services:
+                held = ServiceInfo.from_buffer_copy(bytes(info[info.Key(val.index)]))
+            same = (
+                held is not None and bytes(held.key) == bytes(key) and bytes(held.svc) == bytes(val)
+            )
             out[(IPv4Address(socket.ntohl(key.vip)), socket.ntohs(key.port), key.proto)] = (
-                val.index,
+                val.index if same else -1,
                 val.flags,
                 val.persist_s,
                 IPv4Address(socket.ntohl(val.pmask)),

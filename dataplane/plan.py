@@ -293,6 +293,8 @@ def plan(config: Config, sizes: Sizes | None = None) -> Plan:
         features.add("tunnel" if s.method is Network.TUNNEL else "direct")
         if s.flags & SVC_F_PERSIST:
             features.add("persistence")
+        if s.port == 0:
+            features.add("any-port")
         if s.flags & SVC_F_HASH_SRC:
             features.add("sh")
         if s.flags & SVC_F_HASH_DST:

@@ -16,6 +16,12 @@ struct service {
     __be32 pmask;             /* persistence netmask applied to the source address */
 };
 
+struct service_info {         /* service_info[index]: the service that index holds now, so
+                                 that a tracked flow is checked without a hash lookup */
+    struct service_key key;   /* port 0: every port */
+    struct service svc;
+};
+
 struct vip_key {              /* vips: is this (address, protocol) a VIP at all? */
     __be32 vip;
     __u8 proto;
@@ -40,6 +46,8 @@ struct flow_key {
 struct flow_state {
     __u32 real;               /* index in reals */
     __be32 addr;              /* that real's address when chosen: stale if it changed */
+    __u32 service;            /* index in service_info: stale if it holds another key */
+    __u32 pad;
 };
 
 struct persist_key {

@@ -3,9 +3,13 @@
  *   not IPv4 (ARP, IPv6, VLAN-tagged, truncated Ethernet)  -> XDP_PASS
  *   IPv4 header truncated, version != 4, IHL < 5, total
  *   length beyond the frame                                  -> XDP_PASS (the stack drops it)
- *   not to a VIP's address and protocol                      -> XDP_PASS
+ *   neither TCP nor UDP (ICMP, ...)                          -> XDP_PASS
+ *   not to a VIP's address, protocol and port                -> XDP_PASS
  *   to a VIP: fragment, IP options, truncated/invalid L4     -> XDP_DROP
- * Nothing malformed is ever forwarded. */
+ * Nothing malformed is ever forwarded. The clean path does no map lookup here: a
+ * packet is known to be for a VIP by its conntrack entry or its service lookup;
+ * the `vips` map is consulted only for the odd packets above, to choose between
+ * "not ours, pass" and "ours but malformed, drop". */
 
 LB_INLINE void count(__u32 slot)
 {
@@ -18,6 +22,15 @@ LB_INLINE int verdict(__u32 slot, int action)
 {
     count(slot);
     return action;
+}
+
+/* an odd packet: dropped (counted in `slot`) if it is addressed to a VIP, else passed */
+LB_INLINE int odd_packet(const struct iphdr *iph, __u32 slot)
+{
+    struct vip_key vk = {.vip = iph->daddr, .proto = iph->protocol};
+    if (!vips.lookup(&vk))
+        return verdict(G_PASS_NOT_VIP, XDP_PASS);
+    return verdict(slot, XDP_DROP);
 }
 
 LB_INLINE int parse_packet(void *data, void *data_end, struct packet *p)
@@ -36,15 +49,13 @@ LB_INLINE int parse_packet(void *data, void *data_end, struct packet *p)
     __u32 tot_len = LB_NTOHS(iph->tot_len);
     if (tot_len < (__u32)iph->ihl * 4 || (void *)iph + tot_len > data_end)
         return verdict(G_PASS_BAD_IPV4, XDP_PASS);
-
-    struct vip_key vk = {.vip = iph->daddr, .proto = iph->protocol};
-    if (!vips.lookup(&vk))
-        return verdict(G_PASS_NOT_VIP, XDP_PASS);
+    if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+        return verdict(G_PASS_NOT_VIP, XDP_PASS); /* VIPs are TCP and UDP services */
 
     if (iph->frag_off & LB_HTONS(IP_MF | IP_OFFSET))
-        return verdict(G_DROP_FRAGMENT, XDP_DROP);
+        return odd_packet(iph, G_DROP_FRAGMENT);
     if (iph->ihl != 5)
-        return verdict(G_DROP_IP_OPTIONS, XDP_DROP);
+        return odd_packet(iph, G_DROP_IP_OPTIONS);
 
     p->flow.saddr = iph->saddr;
     p->flow.daddr = iph->daddr;
@@ -53,14 +64,14 @@ LB_INLINE int parse_packet(void *data, void *data_end, struct packet *p)
     if (iph->protocol == IPPROTO_TCP) {
         struct tcphdr *th = (void *)(iph + 1);
         if ((void *)(th + 1) > data_end || th->doff < 5)
-            return verdict(G_DROP_BAD_L4, XDP_DROP);
+            return odd_packet(iph, G_DROP_BAD_L4);
         p->flow.sport = th->source;
         p->flow.dport = th->dest;
         p->tcp_flags = ((__u8 *)th)[13];
     } else {
         struct udphdr *uh = (void *)(iph + 1);
         if ((void *)(uh + 1) > data_end)
-            return verdict(G_DROP_BAD_L4, XDP_DROP);
+            return odd_packet(iph, G_DROP_BAD_L4);
         p->flow.sport = uh->source;
         p->flow.dport = uh->dest;
     }

@@ -5,7 +5,9 @@
  *   3. otherwise the service's Maglev table, indexed by a hash of the 5-tuple
  *      (rr/wrr and the approximated schedulers), of the source address (sh, and
  *      persistent services) or of the destination address (dh).
- * Tables and flags come from userspace; BPF only looks things up. */
+ * A tracked flow costs one hash lookup (conntrack) and two array lookups
+ * (service_info, reals); a new one a service lookup, a table slot and a conntrack
+ * insert. Tables and flags come from userspace; BPF only looks things up. */
 
 LB_INLINE __u32 rotl32(__u32 x, int r)
 {
@@ -67,28 +69,31 @@ LB_INLINE __u32 schedule_hash(const struct service *svc, const struct packet *p)
     return flow_hash(&p->flow);
 }
 
-/* Fills id and r with the chosen real server; returns FURTHER_PROCESSING or a verdict. */
-LB_INLINE int choose_real(const struct service *svc, const struct packet *p,
-                          __u32 *id, struct real **r, bool *new_flow)
+/* the service a packet is for: (VIP, port, protocol), then (VIP, 0, protocol) when the
+ * config has port-0 (fwmark or persistent all-port) services */
+LB_INLINE struct service *find_service(const struct packet *p)
 {
-    struct flow_state *st = 0;
-    if (!is_syn(p))
-        st = conntrack.lookup((struct flow_key *)&p->flow);
-    if (st) {
-        __u32 cid = st->real;
-        struct real *cr = reals.lookup(&cid);
-        if (real_usable(cr, st->addr)) {
-            count(G_CT_HIT);
-            *id = cid;
-            *r = cr;
-            *new_flow = false;
-            return FURTHER_PROCESSING;
-        }
-        count(G_RESCHEDULED);
-    } else if (p->flow.proto == IPPROTO_TCP && !is_syn(p)) {
-        count(G_CT_MISS_NON_SYN);
+    struct service_key key = {.vip = p->flow.daddr, .port = p->flow.dport, .proto = p->flow.proto};
+    struct service *svc = services.lookup(&key);
+    if (!svc && feature_any_port()) {
+        key.port = 0;
+        svc = services.lookup(&key);
     }
+    return svc;
+}
 
+/* does the service an index holds now still serve this packet's VIP, port, protocol? */
+LB_INLINE bool service_matches(const struct service_key *k, const struct packet *p)
+{
+    return k->vip == p->flow.daddr && k->proto == p->flow.proto &&
+           (k->port == p->flow.dport || k->port == 0);
+}
+
+/* A new flow (or a rescheduled one) of svc: persistence template or Maglev table,
+ * then a conntrack entry. Fills id and r; returns FURTHER_PROCESSING or a verdict. */
+LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 *id,
+                       struct real **r)
+{
     __u32 chosen = 0;
     struct real *cr = 0;
     if (feature_persist() && (svc->flags & SVC_F_PERSIST)) {
@@ -120,12 +125,11 @@ LB_INLINE int choose_real(const struct service *svc, const struct packet *p,
         return verdict(G_DROP_NO_REAL, XDP_DROP);
 
     if (!is_rst(p)) {
-        struct flow_state fresh = {.real = chosen, .addr = cr->addr};
+        struct flow_state fresh = {.real = chosen, .addr = cr->addr, .service = svc->index};
         conntrack.update((struct flow_key *)&p->flow, &fresh);
     }
     *id = chosen;
     *r = cr;
-    *new_flow = true;
     return FURTHER_PROCESSING;
 }
 

@@ -46,7 +46,7 @@ def test_second_program_adopts_flows_and_counters(pin_dir: str) -> None:
     assert first.pin_program().endswith("/lb_ingress")
     assert sorted(os.listdir(pin_dir)) == sorted(
         ["conntrack", "globals", "global_stats", "lb_ingress", "persist", "real_stats",
-         "reals", "rings", "service_stats", "services", "vips"]
+         "reals", "rings", "service_info", "service_stats", "services", "vips"]
     )  # fmt: skip
     first.close()
 
@@ -84,7 +84,9 @@ def test_size_change_replaces_the_pinned_maps_and_keeps_the_flows(
     caplog.set_level(logging.WARNING, logger="dataplane.xdp")
     second = XdpDataplane(plan(config, bigger), pin_dir=pin_dir)
     replaced = {r.name: r for r in second.replaced}
-    assert sorted(replaced) == ["conntrack", "rings", "service_stats", "services", "vips"]
+    assert sorted(replaced) == [
+        "conntrack", "rings", "service_info", "service_stats", "services", "vips"
+    ]  # fmt: skip
     assert replaced["conntrack"].copied == 1
     assert replaced["service_stats"].copied is None
     assert replaced["rings"].new.max_entries == 16 * bigger.ring_size

@@ -185,6 +185,22 @@ def test_established_flow_uses_conntrack(lb: Lb) -> None:
     assert lb.dp.maps.real_counters(real.index) == (2, len(syn) + len(ack), 1)
 
 
+def test_tracked_flow_of_a_removed_service_is_not_forwarded(lb: Lb) -> None:
+    """A conntrack entry names its service's index; once that index no longer holds
+    the flow's VIP and port, the entry forwards nothing (the stack gets the packet)."""
+    syn, _real = web_flow(lb, 40004)
+    assert lb.run(syn).retval == XDP_TX
+    lb.dp.maps.delete_service(IPv4Address(WEB), 80, TCP)
+    ack = web_flow(lb, 40004, ACK)[0]
+    out = lb.run(ack)
+    assert (out.retval, out.data) == (XDP_PASS, ack)
+    c = lb.dp.maps.global_counters()
+    assert (c["ct_hit"], c["pass_not_vip"]) == (0, 1)
+    lb.set_state({})  # sync puts the service back under its key and index
+    out = lb.run(ack)
+    assert out.retval == XDP_TX and lb.dp.maps.global_counters()["ct_hit"] == 1
+
+
 def test_choices_match_the_table_and_follow_weights(lb: Lb) -> None:
     counts = {"a": 0, "b": 0, "c": 0}
     for sport in range(20000, 20600):

@@ -38,7 +38,7 @@ def test_maps_json_describes_every_service_and_table() -> None:
 def test_c_program_has_the_features_and_pins() -> None:
     config = compile_file(str(ROOT / "tests/bpf/lb.cf")).config
     text = emit("xdp", config)
-    assert "Features compiled in: dh, direct, persistence, sh, tunnel." in text
+    assert "Features compiled in: any-port, dh, direct, persistence, sh, tunnel." in text
     assert '"/sys/fs/bpf/lvs-router/" #name' in text
     assert "LB_INLINE bool feature_tunnel(void) { return 1; }" in text
 
@@ -49,6 +49,7 @@ def test_direct_only_config_leaves_tunnel_out() -> None:
     text = emit("xdp", compile_text("d.cf", cf).config)
     assert "feature_tunnel(void) { return 0; }" in text
     assert "feature_persist(void) { return 0; }" in text
+    assert "feature_any_port(void) { return 0; }" in text
 
 
 def test_nat_is_refused_with_the_line() -> None:
