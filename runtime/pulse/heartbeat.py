@@ -337,6 +337,10 @@ class Pulse:
             self._wake.clear()
             if self._stopping:
                 break
+            # heartbeats that queued up while we were not scheduled count first, so
+            # a stalled (or SIGSTOPped) router does not declare a live partner dead
+            for p in self.paths:
+                self._readable(p.sock)
             self._execute(self.machine.handle_timer(self.clock()))
         # let the worker finish the stop's actions (deactivation) before run() returns
         await self._work.join()

@@ -107,7 +107,7 @@ def test_sigkill_of_the_active_router_moves_the_vip_and_there_is_no_failback(
     """§3.4: the backup declares a SIGKILLed primary dead after deadtime and takes
     the VIP, announcing it (§6.2) so the client's ARP entry moves; §3.5 "Failback":
     the restarted primary stays standby (and drops the VIP it was killed holding)."""
-    s, a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=1.0)
+    s, a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=2.0)
     holds(s.b, 2.0, expect=False)
     assert answers(s) == "ra" and client_sees(s, s.a)
     a.kill()
@@ -146,7 +146,7 @@ def test_frozen_router_then_split_brain_heals_to_the_master(
     """SIGSTOP freezes the active primary: the backup takes over after deadtime. On
     SIGCONT both are active; "if both are running, backup stops and master rearps"
     (§3.5 rows 1 and 2): the VIP ends on the primary and the client follows it."""
-    s, a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=1.0)
+    s, a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=2.0)
     assert answers(s) == "ra"  # the client has an ARP entry for the VIP: A's MAC
     a.proc.send_signal(signal.SIGSTOP)
     try:
@@ -170,7 +170,7 @@ def test_monitor_links_link_down_gives_up_and_stays_down_after_restore(
     the VIP up ("Local NIC link failure: Pulse disabled"); the backup, hearing
     nothing, takes over; when the link returns the primary sees RUNNING and stays
     standby (§3.5 row 3)."""
-    s, a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=1.0, monitor_links=1)
+    s, a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=2.0, monitor_links=1)
     holds(s.b, 1.0, expect=False)
     assert answers(s) == "ra"
     s.a.ip("link", "set", "eth0", "down")
@@ -194,7 +194,7 @@ def test_private_heartbeat_path_keeps_the_pair_together(topology: Topology, tmp_
     s.a.addr("eth1", "198.19.61.2/24")
     s.b.addr("eth1", "198.19.61.3/24")
     path = config(
-        tmp_path / "lvs.cf", pub=NET, priv="198.19.61", private=True, keepalive=0.2, deadtime=1.0
+        tmp_path / "lvs.cf", pub=NET, priv="198.19.61", private=True, keepalive=0.2, deadtime=2.0
     )
     a = PulseProc(s.a, path, *GARP)
     a.expect("ready")

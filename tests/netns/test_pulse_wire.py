@@ -301,13 +301,13 @@ def test_forced_active_master_sends_running_magic_and_send_arp_frames(
 
 
 def test_send_arp_cli_frame(topology: Topology, tmp_path: Path) -> None:
-    """§6.1: ``send-arp -i DEV SRC_IP SRC_MAC TARGET_IP TARGET_MAC`` puts §6.2's frame
+    """§6.1: ``lvs-router send-arp -i DEV SRC_IP SRC_MAC TARGET_IP TARGET_MAC`` puts §6.2's frame
     on DEV, once per invocation (pulse's 5 × 1 s with --count/--interval)."""
     peer, router = pair(topology)
     cap = Capture(peer, "eth0", tmp_path / "cli.pcap", 2, GARP)
-    code = (
-        "import sys; sys.path.insert(0, sys.argv[1]); from runtime.send_arp_cli import main;"
-        " sys.exit(main(sys.argv[2:]))"
+    code = (  # through lvs-router's own command line
+        "import sys; sys.path.insert(0, sys.argv[1]); from runtime.cli import main;"
+        " sys.exit(main(['send-arp', *sys.argv[2:]]))"
     )
     args = ["-i", "eth0", "198.18.60.77", "02:00:00:00:00:77", "198.18.60.255", "ffffffffffff"]
     router.python(code, str(ROOT), *args, "--count", "2", "--interval", "0")
@@ -335,11 +335,11 @@ def test_backup_holds_while_running_heartbeats_arrive_then_takes_over(
     """§3.5 row 3 (RUNNING | inactive: status quo) while piranha-format heartbeats
     arrive; §3.4 dead deadline once they stop: VIP up on eth0:1 and §6.2 ARPs out."""
     peer, router = pair(topology)
-    cf = config(tmp_path / "lvs.cf", keepalive=0.2, deadtime=1.0)
+    cf = config(tmp_path / "lvs.cf", keepalive=0.2, deadtime=1.5)
     feeder = partner(peer, f"{PUB}.2", f"{PUB}.3", "running", interval=0.1)
     p = PulseProc(router, cf, "--garp-interval", "0.05")
     assert p.expect("ready") == "ready backup"
-    for _ in range(30):  # 3 s of RUNNING: three deadtimes
+    for _ in range(30):  # 3 s of RUNNING: two deadtimes
         assert not has_vip(router)
         time.sleep(0.1)
     arps = Capture(peer, "eth0", tmp_path / "arp.pcap", 5, GARP)
@@ -406,7 +406,7 @@ def test_authenticated_heartbeats_forged_and_replayed_are_rejected(
     peer, router = pair(topology)
     key = tmp_path / "hb.key"
     key.write_text("a heartbeat key shared by both routers\n")
-    cf = config(tmp_path / "lvs.cf", keepalive=0.2, deadtime=1.0)
+    cf = config(tmp_path / "lvs.cf", keepalive=0.2, deadtime=1.5)
     genuine = partner(peer, f"{PUB}.2", f"{PUB}.3", "auth-running", interval=0.1, keyfile=str(key))
     hbs = Capture(peer, "eth0", tmp_path / "hb.pcap", 2, f"udp and src host {PUB}.3")
     p = PulseProc(router, cf, "--key", str(key), "--garp-count", "1")
