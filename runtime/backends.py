@@ -110,29 +110,8 @@ class IpvsBackend:
             raise BackendError(err.message, err.span, err.help) from err
         self._config = config
 
-    @staticmethod
-    def _dest_of(config: Config, vs, rs):
-        """(service key, destination key) that a server becomes in the IPVS table."""
-        from compiler.emit.ipvsadm import table
-        from dataplane.reconcile import dest_key, service_key
-
-        one = replace(config, virtuals=(replace(vs, servers=(replace(rs, active=True),)),))
-        (svc,) = table(one)
-        return service_key(svc), dest_key(svc.destinations[0])
-
     def adopt(self, config: Config) -> dict[Key, Placement]:
-        from dataplane.reconcile import dest_key, service_key
-
-        state = self._rec.adopt()
-        held = {
-            (service_key(s), dest_key(d)): d.weight for s in state.services for d in s.destinations
-        }
-        out: dict[Key, Placement] = {}
-        for vs, rs in servers(config):
-            weight = held.get(self._dest_of(config, vs, rs))
-            if weight is not None:
-                out[(vs.name, rs.name)] = Placement(True, weight)
-        return out
+        return ipvs_placements(config, self._rec.adopt())
 
     def apply(self, desired: Desired) -> list[str]:
         from dataplane.ipvs import IPVSError
@@ -156,7 +135,7 @@ class IpvsBackend:
         seen = self._kernel.read()
         out: dict[tuple[str, str | None], Counters] = {}
         for vs, rs in servers(config):
-            skey, dkey = self._dest_of(config, vs, rs)
+            skey, dkey = ipvs_dest_of(config, vs, rs)
             st = seen.stats.get((skey, dkey))
             if st is not None:
                 out[(vs.name, rs.name)] = _ipvs_counters(st)
@@ -171,6 +150,31 @@ class IpvsBackend:
 
     def close(self) -> None:
         self._kernel.close()
+
+
+def ipvs_dest_of(config: Config, vs, rs) -> tuple[tuple, tuple]:
+    """(service key, destination key) that a server becomes in the IPVS table (in
+    direct routing the kernel keeps the service's port, whatever the server's)."""
+    from compiler.emit.ipvsadm import table
+    from dataplane.reconcile import dest_key, service_key
+
+    one = replace(config, virtuals=(replace(vs, servers=(replace(rs, active=True),)),))
+    (svc,) = table(one)
+    return service_key(svc), dest_key(svc.destinations[0])
+
+
+def ipvs_placements(config: Config, state) -> dict[Key, Placement]:
+    """What an IPVS table (:class:`~dataplane.reconcile.IPVSState`) already holds for the
+    config's servers, as director placements: the start of adoption."""
+    from dataplane.reconcile import dest_key, service_key
+
+    held = {(service_key(s), dest_key(d)): d.weight for s in state.services for d in s.destinations}
+    out: dict[Key, Placement] = {}
+    for vs, rs in servers(config):
+        weight = held.get(ipvs_dest_of(config, vs, rs))
+        if weight is not None:
+            out[(vs.name, rs.name)] = Placement(True, weight)
+    return out
 
 
 def _ipvs_counters(st) -> Counters:

@@ -416,7 +416,11 @@ class Daemon:
             try:
                 changes = await self._apply()
             except BackendError as err:
-                return self._reload_failed(err.render())
+                # the new config is in force but the kernel refused part of it: the
+                # applier retries (the reconciler re-reads the table first)
+                self._dirty.set()
+                changes = [f"refused, retrying: {err.message}"]
+                _log(logging.ERROR, "dataplane refused part of the reload", error=err.message)
         self.reloads["ok"] += 1
         self.last_reload_error = None
         summary = _diff_summary(old, config)
