@@ -35,6 +35,7 @@ async def _main(args: argparse.Namespace) -> int:
         return 1
 
     async def on_activate() -> None:
+        logging.getLogger("pulse").info("director start (VIPs up)")
         _say("active")
 
     async def on_deactivate() -> None:
@@ -49,6 +50,7 @@ async def _main(args: argparse.Namespace) -> int:
         garp_count=args.garp_count,
         garp_interval=args.garp_interval,
         shutdown_heartbeat=not args.no_shutdown_heartbeat,
+        arp_announce=args.arp_announce,
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -77,12 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--garp-count", type=int, default=5)
     p.add_argument("--garp-interval", type=float, default=1.0)
     p.add_argument("--no-shutdown-heartbeat", action="store_true")
+    p.add_argument(
+        "--arp-announce", action="store_true", help="also send RFC 5227 ARP announcements"
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,
-        format="pulse: %(message)s",
+        format="pulse %(asctime)s.%(msecs)03d: %(message)s",
+        datefmt="%H:%M:%S",
     )
     return asyncio.run(_main(args))
 

@@ -53,6 +53,19 @@ def arp_frame(
     return frame + bytes(FRAME_MIN - len(frame))
 
 
+def announcement_frame(address: IPv4Address, src_mac: bytes) -> bytes:
+    """An RFC 5227 §3 ARP announcement: a broadcast *request* whose sender and target
+    IP are both the VIP (target MAC zero). Not what send_arp sent — an extension:
+    Linux neighbours apply a new MAC from piranha's reply only if their entry is older
+    than ``locktime`` (1 s by default), but from this form at once (``is_garp`` in
+    the kernel's arp_process)."""
+    eth = BROADCAST_MAC + src_mac + struct.pack("!H", ETH_P_ARP)
+    arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1)
+    arp += src_mac + address.packed + bytes(6) + address.packed
+    frame = eth + arp
+    return frame + bytes(FRAME_MIN - len(frame))
+
+
 def _checksum(data: bytes) -> int:
     if len(data) % 2:
         data += b"\x00"
@@ -79,13 +92,18 @@ def na_frame(target: IPv6Address, src_mac: bytes) -> bytes:
     return ALL_NODES_MAC + src_mac + struct.pack("!H", ETH_P_IPV6) + ip6 + body
 
 
-def announce_frame(
-    address: IPv4Address | IPv6Address, src_mac: bytes, broadcast: IPv4Address | None
-) -> bytes:
-    """The takeover announcement for one address: ARP for IPv4, NA for IPv6."""
+def announce_frames(
+    address: IPv4Address | IPv6Address,
+    src_mac: bytes,
+    broadcast: IPv4Address | None,
+    rfc5227: bool = False,
+) -> tuple[bytes, ...]:
+    """The takeover announcement for one address: send_arp's ARP reply for IPv4
+    (followed by an RFC 5227 announcement when ``rfc5227``), an NA for IPv6."""
     if isinstance(address, IPv6Address):
-        return na_frame(address, src_mac)
-    return arp_frame(address, src_mac, broadcast or IPv4Address("255.255.255.255"))
+        return (na_frame(address, src_mac),)
+    reply = arp_frame(address, src_mac, broadcast or IPv4Address("255.255.255.255"))
+    return (reply, announcement_frame(address, src_mac)) if rfc5227 else (reply,)
 
 
 def send_frame(device: str, frame: bytes) -> None:
@@ -98,20 +116,23 @@ def send_frame(device: str, frame: bytes) -> None:
 
 async def repeat(
     device: str,
-    frame: bytes,
+    frame: bytes | tuple[bytes, ...],
     *,
     count: int = 5,
     interval: float = 1.0,
     send: Callable[[str, bytes], None] = send_frame,
 ) -> int:
-    """Send ``frame`` ``count`` times, ``interval`` seconds apart, the first at once.
-    Returns how many went out; a failing send (device gone) ends the series."""
+    """Send ``frame`` (or each of several frames, back to back) ``count`` times,
+    ``interval`` seconds apart, the first at once. Returns how many rounds went out;
+    a failing send (device gone) ends the series."""
+    frames = (frame,) if isinstance(frame, bytes) else frame
     sent = 0
     for i in range(count):
         if i:
             await asyncio.sleep(interval)
         try:
-            send(device, frame)
+            for f in frames:
+                send(device, f)
         except OSError:
             break
         sent += 1

@@ -100,6 +100,8 @@ class Pulse:
     CHILDFAIL). ``on_sync_role("master"|"backup")`` is called when ``syncdaemon = 1``.
     ``interface_for_vip`` maps a device named in lvs.cf (``eth0``) to a local one.
     ``key`` switches heartbeats to the authenticated format (both routers need it).
+    ``arp_announce`` adds an RFC 5227 announcement after each of send_arp's frames
+    (neighbours then switch at once instead of after their ARP locktime).
     ``backup_defers_to_master=False`` applies piranha 0.8.6's §3.5 row 5 to the letter
     (see docs/pulse.md).
     """
@@ -123,6 +125,7 @@ class Pulse:
         auth_window_s: float = wire.DEFAULT_WINDOW_S,
         link_poll_s: float | None = None,
         backup_defers_to_master: bool = True,
+        arp_announce: bool = False,
     ) -> None:
         self.config = config
         self.on_activate = on_activate or _noop()
@@ -138,6 +141,7 @@ class Pulse:
         self.shutdown_heartbeat = shutdown_heartbeat
         self.link_poll_s = link_poll_s
         self.backup_defers_to_master = backup_defers_to_master
+        self.arp_announce = arp_announce
         self.signer = wire.Signer(key)
         self.verifier = wire.Verifier(key, window_s=auth_window_s)
         self.role: Role | None = None
@@ -451,7 +455,7 @@ class Pulse:
         except Exception as e:
             log.error("no ARP for %s: %s", spec.address, e)
             return 0
-        frame = garp.announce_frame(spec.address, mac, brd)
+        frame = garp.announce_frames(spec.address, mac, brd, self.arp_announce)
 
         def send(device: str, data: bytes) -> None:
             garp.send_frame(device, data)

@@ -457,3 +457,25 @@ def test_ipv6_vip_unsolicited_na_is_accepted_by_a_neighbour(
     assert wait_until(
         lambda: f"lladdr {router_mac}" in peer.ip("-6", "neigh", "show", vip6), timeout=5
     )
+
+
+def test_arp_announce_adds_rfc5227_announcements(topology: Topology, tmp_path: Path) -> None:
+    """Extension (``--arp-announce``): after each of send_arp's replies an RFC 5227
+    announcement (request, sender IP = target IP = VIP), which Linux neighbours apply
+    without waiting out their ARP locktime. Every frame whose sender is the VIP, in
+    order."""
+    peer, router = pair(topology)
+    router.ip("addr", "flush", "dev", "eth0")
+    peer.ip("addr", "flush", "dev", "eth0")
+    router.addr("eth0", f"{PUB}.2/24")
+    peer.addr("eth0", f"{PUB}.3/24")
+    cf = config(tmp_path / "lvs.cf", keepalive=0.1, deadtime=60)
+    vip_hex = "0x" + IPv4Address(VIP).packed.hex()
+    cap = Capture(peer, "eth0", tmp_path / "ann.pcap", 4, f"arp and arp[14:4] = {vip_hex}")
+    p = PulseProc(router, cf, "--forceactive", "--arp-announce", "--garp-count", "2",
+                  "--garp-interval", "0.05")  # fmt: skip
+    p.expect("active")
+    mac = mac_of(router)
+    reply = garp.arp_frame(IPv4Address(VIP), mac, IPv4Address(f"{PUB}.255"))
+    announcement = garp.announcement_frame(IPv4Address(VIP), mac)
+    assert [f.data for f in cap.frames()] == [reply, announcement] * 2

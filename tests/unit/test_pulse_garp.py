@@ -85,11 +85,30 @@ def test_unsolicited_na_fields_and_checksum() -> None:
     assert _ones_sum(pseudo + icmp) == 0xFFFF
 
 
-def test_announce_frame_by_family() -> None:
-    assert garp.announce_frame(IPv4Address("198.18.0.10"), MAC, None)[38:42] == bytes(
-        [255, 255, 255, 255]
+def test_announce_frames_by_family() -> None:
+    """IPv4: send_arp's reply (target = broadcast, 255.255.255.255 when the device has
+    none), plus the RFC 5227 form on request; IPv6: one NA."""
+    (reply,) = garp.announce_frames(IPv4Address("198.18.0.10"), MAC, None)
+    assert reply[38:42] == bytes([255, 255, 255, 255])
+    both = garp.announce_frames(IPv4Address("198.18.0.10"), MAC, None, rfc5227=True)
+    assert both[0] == reply and both[1] == garp.announcement_frame(IPv4Address("198.18.0.10"), MAC)
+    (na,) = garp.announce_frames(IPv6Address("2001:db8::1"), MAC, None, rfc5227=True)
+    assert na[12:14] == b"\x86\xdd"
+
+
+def test_rfc5227_announcement_bytes() -> None:
+    """Extension: a broadcast ARP *request* with sender IP = target IP = VIP and a zero
+    target MAC — the form Linux neighbours apply at once (no locktime)."""
+    frame = garp.announcement_frame(IPv4Address("198.18.0.10"), MAC)
+    expected = (
+        bytes.fromhex("ffffffffffff0011223344aa08060001080006040001")
+        + MAC
+        + bytes([198, 18, 0, 10])
+        + bytes(6)
+        + bytes([198, 18, 0, 10])
+        + bytes(18)
     )
-    assert garp.announce_frame(IPv6Address("2001:db8::1"), MAC, None)[12:14] == b"\x86\xdd"
+    assert frame == expected and len(frame) == 60
 
 
 def test_repeat_count_and_interval_zero() -> None:
@@ -100,6 +119,11 @@ def test_repeat_count_and_interval_zero() -> None:
         garp.repeat("eth0", b"x", count=3, interval=0, send=lambda d, f: sent.append((d, f)))
     )
     assert n == 3 and sent == [("eth0", b"x")] * 3
+    sent.clear()
+    n = asyncio.run(
+        garp.repeat("eth0", (b"a", b"b"), count=2, interval=0, send=lambda d, f: sent.append(f))
+    )
+    assert n == 2 and sent == [b"a", b"b", b"a", b"b"]
 
     def failing(d: str, f: bytes) -> None:
         raise OSError(19, "No such device")
