@@ -283,6 +283,9 @@ def check_names(samples_dir: Path) -> list[str]:
     names += ["transitions-baseline"] + [f"transition[{t[0]}]" for t in TRANSITIONS]
     names += FAULTS
     names += ["traffic-setup", "traffic[nat]", "traffic[direct]"]
+    from tests.vm.guest_daemon import NAMES as daemon_checks
+
+    names += daemon_checks
     return names
 
 
@@ -568,6 +571,10 @@ def main(report: Path, samples_dir: Path) -> int:
             r.run("traffic[direct]", lambda: traffic.check(topo, compiled(traffic.DR), dr))
     finally:
         topo.down()
+
+    from tests.vm import guest_daemon
+
+    guest_daemon.run_checks(r, report.parent)
     return 0
 
 

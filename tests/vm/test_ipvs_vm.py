@@ -7,7 +7,10 @@ timeouts and the sync daemon; a chain of transitions with the exact operations a
 the connection counters of every surviving service unchanged; netlink failures
 midway, then a converging reconcile; real TCP and UDP connections from a client
 namespace through IPVS to two real servers, NAT and direct routing, counted per
-server against the wrr weights (traffic.py).
+server against the wrr weights (traffic.py); then the daemon (`lvs-router run
+--dataplane ipvs`) against the same kernel: a stopped real server leaves the table and
+re-enters, reloads, a broken reload, SIGKILL and adoption, --on-stop remove
+(guest_daemon.py).
 """
 
 from __future__ import annotations

@@ -1,0 +1,375 @@
+"""The daemon on real IPVS, inside the VM (run by guest.py in the same boot).
+
+``python -m runtime.daemon_cli run --dataplane ipvs`` runs in the VM's root namespace
+(the director) as an operator would start it; real servers in namespaces run
+tests/netns/servers.py (TCP, answers with its name), a client namespace connects
+through NAT. The checks stop and start a real server and watch the *kernel's* table
+change, reload (SIGHUP and the control socket) with an added service and a changed
+weight, reload a broken file, SIGKILL the daemon and start another that adopts the
+table, and stop with ``--on-stop remove``::
+
+    dclient 198.18.2.2 ──veth── 198.18.2.1 director (VIP 198.18.2.100)
+                                198.19.3.1 ──veth── drs1 198.19.3.11
+                                198.19.4.1 ──veth── drs2 198.19.4.11
+
+Every wait polls for a state with a generous deadline (TCG is slow); no check asserts
+a duration. Namespace and link names differ from traffic.py's.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVERS_PY = ROOT / "tests" / "netns" / "servers.py"
+VIP = "198.18.2.100"
+RIPS = {"rs1": "198.19.3.11", "rs2": "198.19.4.11"}
+DEADLINE_S = 240.0  # interpreters start in tens of seconds under TCG
+
+NAMES = [
+    "daemon-setup",
+    "daemon-start",
+    "daemon-server-leaves",
+    "daemon-server-reenters",
+    "daemon-reload",
+    "daemon-broken-reload",
+    "daemon-sigkill-adopt",
+    "daemon-stop-remove",
+]
+
+CLIENT = r"""
+import json, socket, sys
+held = {}
+for line in sys.stdin:
+    c = json.loads(line)
+    try:
+        if c["op"] == "names":
+            out = []
+            for _ in range(c["n"]):
+                s = socket.create_connection((c["dst"], c["port"]), timeout=5)
+                out.append(s.recv(100).decode()); s.close()
+        elif c["op"] == "hold":
+            s = socket.create_connection((c["dst"], c["port"]), timeout=5)
+            name = s.recv(100).decode(); held[s.getsockname()[1]] = s
+            out = [s.getsockname()[1], name]
+        elif c["op"] == "echo":
+            s = held[c["sport"]]; s.sendall(c["data"].encode())
+            out = s.recv(100).decode()
+        print(json.dumps({"ok": out}), flush=True)
+    except Exception as e:
+        print(json.dumps({"error": repr(e)}), flush=True)
+"""
+
+
+def server(name: str, weight: int = 1) -> str:
+    return (
+        f"    server {name} {{\n        address = {RIPS[name]}\n        active = 1\n"
+        f"        weight = {weight}\n    }}\n"
+    )
+
+
+def virtual(name: str, port: int, servers: str, protocol: str = "tcp") -> str:
+    return (
+        f"virtual {name} {{\n    active = 1\n    address = {VIP} eth0:1\n    port = {port}\n"
+        f"    protocol = {protocol}\n    scheduler = wrr\n    timeout = 1\n    reentry = 2\n"
+        f'    expect = "rs"\n{servers}}}\n'
+    )
+
+
+HEAD = "primary = 198.18.2.1\nnetwork = nat\nnat_router = 198.19.3.1 eth1:1\n"
+WEB = virtual("web", 80, server("rs1") + server("rs2"))
+
+
+def run(*cmd: str) -> str:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return r.stdout
+
+
+def ns(name: str, *cmd: str) -> list[str]:
+    return ["ip", "netns", "exec", name, *cmd]
+
+
+def table() -> str:
+    """The kernel's table as ``ipvsadm-save -n`` prints it."""
+    return run("ipvsadm", "-S", "-n")
+
+
+class Lab:
+    def __init__(self, workdir: Path) -> None:
+        self.work = workdir / "daemon"
+        self.work.mkdir(exist_ok=True)
+        self.config = self.work / "lvs.cf"
+        # not in the work directory: the VM's shared folders hold no socket files
+        self.socket = "/run/lvs-router-vmtest/control.sock"
+        self.servers: dict[str, subprocess.Popen] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.daemon: subprocess.Popen | None = None
+        self.client: subprocess.Popen | None = None
+        self.n = 0
+
+    # ------------------------------------------------------------------ topology
+
+    def up(self) -> str:
+        from dataplane.ipvs import IPVSKernel, converge
+        from dataplane.reconcile import IPVSState
+
+        with IPVSKernel() as k:  # what earlier checks left: the daemon starts from empty
+            converge(k, IPVSState())
+        run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+        run("ip", "netns", "add", "dclient")
+        run("ip", "link", "add", "dc1", "type", "veth", "peer", "name", "dc0", "netns", "dclient")
+        run("ip", "addr", "add", "198.18.2.1/24", "dev", "dc1")
+        run("ip", "addr", "add", f"{VIP}/32", "dev", "dc1")
+        run("ip", "link", "set", "dc1", "up")
+        run(*ns("dclient", "ip", "addr", "add", "198.18.2.2/24", "dev", "dc0"))
+        run(*ns("dclient", "ip", "link", "set", "dc0", "up"))
+        run(*ns("dclient", "ip", "link", "set", "lo", "up"))
+        run(*ns("dclient", "ip", "route", "add", "default", "via", "198.18.2.1"))
+        for i, name in ((3, "rs1"), (4, "rs2")):
+            rs, here, there = f"d{name}", f"d{name}a", f"d{name}b"
+            run("ip", "netns", "add", rs)
+            run("ip", "link", "add", here, "type", "veth", "peer", "name", there, "netns", rs)
+            run("ip", "addr", "add", f"198.19.{i}.1/24", "dev", here)
+            run("ip", "link", "set", here, "up")
+            run(*ns(rs, "ip", "addr", "add", f"{RIPS[name]}/24", "dev", there))
+            run(*ns(rs, "ip", "link", "set", there, "up"))
+            run(*ns(rs, "ip", "link", "set", "lo", "up"))
+            run(*ns(rs, "ip", "route", "add", "default", "via", f"198.19.{i}.1"))
+            self.start_server(name)
+        self.client = subprocess.Popen(
+            ns("dclient", sys.executable, "-c", CLIENT),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(self.client)
+        return "dclient, drs1, drs2 up"
+
+    def start_server(self, name: str) -> None:
+        p = subprocess.Popen(
+            ns(f"d{name}", sys.executable, str(SERVERS_PY), "--name", name, "--tcp", "80"),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(p)
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready", name
+        self.servers[name] = p
+
+    def stop_server(self, name: str) -> None:
+        p = self.servers.pop(name)
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+
+    def ask(self, **command: object) -> object:
+        assert self.client and self.client.stdin and self.client.stdout
+        self.client.stdin.write(json.dumps(command) + "\n")
+        self.client.stdin.flush()
+        answer = json.loads(self.client.stdout.readline())
+        assert "error" not in answer, answer["error"]
+        return answer["ok"]
+
+    def names(self, port: int = 80, n: int = 8) -> set[str]:
+        return set(self.ask(op="names", dst=VIP, port=port, n=n))
+
+    def down(self) -> None:
+        if self.daemon is not None and self.daemon.poll() is None:
+            self.daemon.kill()
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+
+    # ------------------------------------------------------------------ daemon
+
+    def start(self, *extra: str) -> None:
+        self.n += 1
+        log = (self.work / f"daemon-{self.n}.log").open("w")
+        self.daemon = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runtime.daemon_cli",
+                "run",
+                "-c",
+                str(self.config),
+                "--dataplane",
+                "ipvs",
+                "--socket",
+                self.socket,
+                "--metrics",
+                "off",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=str(ROOT),
+        )
+        self.wait(lambda s: True, "the control socket answers")
+
+    def log(self) -> str:
+        return (self.work / f"daemon-{self.n}.log").read_text()
+
+    def status(self) -> dict:
+        from runtime.control import ControlError, request
+
+        answer = request(self.socket, "status", timeout=60)
+        if not answer["ok"]:  # starting
+            raise ControlError(answer["error"])
+        return answer["status"]
+
+    def wait(self, predicate: Callable[[dict], bool], what: str) -> dict:
+        from runtime.control import ControlError
+
+        deadline = time.monotonic() + DEADLINE_S
+        last: object = "no answer"
+        while time.monotonic() < deadline:
+            if self.daemon is not None and self.daemon.poll() is not None:
+                raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{self.log()}")
+            try:
+                last = self.status()
+                if predicate(last):
+                    return last
+            except (ControlError, OSError):
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting until {what}; last {last}\n{self.log()}")
+
+    def wait_table(self, predicate: Callable[[str], bool], what: str) -> str:
+        deadline = time.monotonic() + DEADLINE_S
+        seen = ""
+        while time.monotonic() < deadline:
+            seen = table()
+            if predicate(seen):
+                return seen
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting until {what}; kernel table:\n{seen}\n{self.log()}")
+
+    def reload(self) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "runtime.daemon_cli", "reload", "--socket", self.socket],
+            capture_output=True,
+            text=True,
+            cwd=str(ROOT),
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.daemon is not None
+        self.daemon.send_signal(sig)
+        code = self.daemon.wait(120)
+        self.daemon = None
+        return code
+
+
+def dest(name: str, weight: int = 1, port: int = 80) -> str:
+    return f"-a -t {VIP}:{port} -r {RIPS[name]}:{port} -m -w {weight}"
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_start(lab: Lab) -> str:
+    lab.config.write_text(HEAD + WEB)
+    lab.start()
+    seen = lab.wait_table(lambda t: dest("rs1") in t and dest("rs2") in t, "both servers are in")
+    assert lab.names() == {"rs1", "rs2"}
+    return seen
+
+
+def check_leaves(lab: Lab) -> str:
+    lab.stop_server("rs2")
+    seen = lab.wait_table(lambda t: dest("rs2") not in t, "rs2 leaves the kernel table")
+    assert dest("rs1") in seen
+    assert lab.names() == {"rs1"}
+    return seen
+
+
+def check_reenters(lab: Lab) -> str:
+    lab.start_server("rs2")
+    seen = lab.wait_table(lambda t: dest("rs2") in t, "rs2 re-enters")
+    assert lab.names() == {"rs1", "rs2"}
+    return seen
+
+
+def check_reload(lab: Lab) -> str:
+    sport, name = lab.ask(op="hold", dst=VIP, port=80)
+    added = virtual("alt", 8080, server("rs1"))
+    lab.config.write_text(HEAD + WEB.replace("weight = 1", "weight = 2", 1) + added)
+    assert lab.daemon is not None
+    lab.daemon.send_signal(signal.SIGHUP)
+    seen = lab.wait_table(
+        lambda t: dest("rs1", weight=2) in t and f"-A -t {VIP}:8080" in t,
+        "the weight changed and the new service exists",
+    )
+    assert lab.ask(op="echo", sport=sport, data="kept") == "kept", "open connection lost"
+    # and back through the control socket: the added service goes, the rest stays
+    lab.config.write_text(HEAD + WEB)
+    done = lab.reload()
+    assert done.returncode == 0, done.stderr
+    assert "1 removed" in done.stdout, done.stdout
+    after = table()
+    assert f"-A -t {VIP}:8080" not in after and dest("rs1") in after, after
+    assert lab.ask(op="echo", sport=sport, data="still") == "still", "open connection lost"
+    return f"{name} kept its connection; {seen}"
+
+
+def check_broken_reload(lab: Lab) -> str:
+    before = table()
+    lab.config.write_text(HEAD + WEB + "virtual broken {\n    active = 1\n    port = x\n}\n")
+    done = lab.reload()
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert f"{lab.config}:" in done.stderr, done.stderr  # file:line:col
+    assert table() == before
+    st = lab.status()
+    assert st["reloads"]["failed"] == 1 and st["last_reload_error"], st
+    lab.config.write_text(HEAD + WEB)
+    return done.stderr
+
+
+def check_sigkill_adopt(lab: Lab) -> str:
+    before = table()
+    sport, _name = lab.ask(op="hold", dst=VIP, port=80)
+    assert lab.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert table() == before
+    assert lab.names() == {"rs1", "rs2"}
+    lab.start()
+    assert table() == before, "the restarted daemon changed the table before checking"
+    assert "adopted=2" in lab.log(), lab.log()
+    lab.wait(lambda s: all(r["state"] == "up" for r in s["virtuals"][0]["servers"]), "checked up")
+    assert table() == before
+    assert lab.ask(op="echo", sport=sport, data="adopted") == "adopted"
+    return before
+
+
+def check_stop_remove(lab: Lab) -> str:
+    lab.stop()
+    lab.start("--on-stop", "remove")
+    code = lab.stop()
+    assert code == 0, lab.log()
+    seen = table()
+    assert f"{VIP}:80" not in seen, seen
+    return lab.log()
+
+
+def run_checks(r, workdir: Path) -> None:
+    """Run every check of :data:`NAMES` with guest.py's Runner ``r``."""
+    lab = Lab(workdir)
+    try:
+        if not r.run("daemon-setup", lab.up):
+            return
+        if not r.run("daemon-start", check_start, lab):
+            return
+        r.run("daemon-server-leaves", check_leaves, lab)
+        r.run("daemon-server-reenters", check_reenters, lab)
+        r.run("daemon-reload", check_reload, lab)
+        r.run("daemon-broken-reload", check_broken_reload, lab)
+        r.run("daemon-sigkill-adopt", check_sigkill_adopt, lab)
+        r.run("daemon-stop-remove", check_stop_remove, lab)
+    finally:
+        lab.down()
