@@ -99,3 +99,18 @@ def test_backup_with_backup_active_off_refuses_to_run(topology: Topology, tmp_pa
     pulse = Pulse(compile_file(str(cf)).config, netlink=Netlink(netns=router.name))
     with inside(router), pytest.raises(PulseExit, match="backup is marked inactive"):
         asyncio.run(pulse.run())
+
+
+def test_a_router_that_is_neither_primary_nor_backup_cannot_bind(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """§3.2 step 4: the heartbeat socket is bound to our own address; without it,
+    "cannot create heartbeat socket"."""
+    _peer, router = pair(topology)
+    router.ip("addr", "flush", "dev", "eth0")
+    router.addr("eth0", f"{PUB}.7/24")
+    cf = config(tmp_path / "lvs.cf")
+    pulse = Pulse(compile_file(str(cf)).config, netlink=Netlink(netns=router.name))
+    with inside(router), pytest.raises(PulseExit, match="cannot create heartbeat socket"):
+        asyncio.run(pulse.run())
+    assert pulse.role is not None and pulse.role.value == "backup"

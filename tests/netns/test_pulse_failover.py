@@ -210,3 +210,25 @@ def test_private_heartbeat_path_keeps_the_pair_together(topology: Topology, tmp_
     s.b.ip("link", "set", "eth1", "down")
     b.expect("active")
     assert wait_until(lambda: has_vip(s.b))
+
+
+def test_both_links_cut_then_restored_heals_to_the_master(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """Split brain by partition: with the segment cut on both routers' ports each
+    hears nothing and the backup activates too (§3.4); restored, "if both are
+    running, backup stops and master rearps" (§3.5) — the VIP ends on the primary."""
+    s, _a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=2.0)
+    sw = next(ns for ns in topology.spaces if ns.role == "sw")
+    for port in ("pa", "pb"):
+        sw.ip("link", "set", port, "down")
+    b.expect("active")
+    assert wait_until(lambda: has_vip(s.b))
+    assert has_vip(s.a)  # both hold it now
+    for port in ("pa", "pb"):
+        sw.ip("link", "set", port, "up")
+    b.expect("inactive")
+    assert wait_until(lambda: not has_vip(s.b))
+    assert has_vip(s.a)
+    assert wait_until(lambda: answers(s) == "ra" and client_sees(s, s.a))
+    holds(s.b, 1.0, expect=False)
