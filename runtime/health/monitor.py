@@ -21,8 +21,10 @@ import os
 import signal
 import time
 import zlib
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 from compiler.model import Config, ServiceType
@@ -30,7 +32,8 @@ from compiler.model import Config, ServiceType
 from . import weights
 from .check import CheckSpec, check_spec, load_argv, load_command
 from .nanny import Change, Nanny, quiesces
-from .probes import ProbeResult, probe
+from .probes import ProbeResult, TcpCheck, literal_address, probe
+from .reactor import Cancellable, FastReactor
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +118,19 @@ Observer = Callable[[str, str, float, float, ProbeResult], None]
 
 
 class _Server:
-    """One checked real server: its spec, its machine and its last results."""
+    """One checked real server: its spec, its machine, its schedule and last results.
+
+    ``gen`` changes whenever the server's schedule is torn down (stop, removal, new
+    timeout), so callbacks of an abandoned check recognise themselves as stale."""
 
     __slots__ = (
+        "address",
+        "check",
         "checks",
+        "due",
         "failures",
         "fraction",
+        "gen",
         "key",
         "last_check",
         "last_detail",
@@ -129,22 +139,30 @@ class _Server:
         "load_cmd",
         "nanny",
         "spec",
-        "task",
+        "timer",
     )
 
     def __init__(self, key: tuple[str, str], spec: CheckSpec, nanny: Nanny, load_cmd: str | None):
         self.key = key
-        self.spec = spec
         self.nanny = nanny
         self.load_cmd = load_cmd
         self.fraction = zlib.crc32("\0".join(key).encode()) / 2**32
-        self.task: asyncio.Task[None] | None = None
+        self.set_spec(spec)
+        self.gen = 0
+        self.due = 0.0
+        self.timer: Cancellable | None = None
+        self.check: TcpCheck | asyncio.Task[ProbeResult] | Cancellable | None = None
         self.last_ok: bool | None = None
         self.last_detail = ""
         self.last_latency: float | None = None
         self.last_check: float | None = None
         self.checks = 0
         self.failures = 0
+
+    def set_spec(self, spec: CheckSpec) -> None:
+        self.spec = spec
+        # TCP to an address literal takes the callback fast path
+        self.address = literal_address(spec) if spec.kind == "tcp" else None
 
 
 def _plan(config: Config) -> dict[tuple[str, str], tuple]:
@@ -172,7 +190,11 @@ class HealthMonitor:
     starts *down* (out of service) and without an event, as under nanny: the first good
     check brings it up. ``observer``, if given, sees every check as (virtual, server,
     planned start, actual start, result), on the loop's clock; ``on_crash`` is told
-    when a server's checker dies from an unexpected error (lvsd's ``hard_shutdown``)."""
+    when a server's checker dies from an unexpected error (lvsd's ``hard_shutdown``).
+
+    Scheduling is callback-driven: one timer per server, TCP checks to addresses run
+    as :class:`~runtime.health.probes.TcpCheck` callbacks, everything else (UDP,
+    send_program, host names, load readings) as a task."""
 
     def __init__(
         self,
@@ -188,12 +210,16 @@ class HealthMonitor:
         self._config = config
         self._on_event = on_event
         self._clock = clock
-        self._concurrency = concurrency
-        self._sem: asyncio.Semaphore | None = None
+        self._concurrency = max(1, concurrency)
+        self._running = 0  # checks in flight
+        self._waiting: deque[tuple[_Server, int]] = deque()
         self._load = load_source or CommandLoadSource()
         self._observer = observer
         self._on_crash = on_crash
         self._servers: dict[tuple[str, str], _Server] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reactor: FastReactor | None = None
         self._epoch: float | None = None
         self._quiesce: dict[str, bool] = {}
         self._apply(config)
@@ -204,22 +230,28 @@ class HealthMonitor:
         """Begin checking; each server's first check falls within the first interval."""
         if self._epoch is not None:
             return
-        loop = asyncio.get_running_loop()
-        self._sem = asyncio.Semaphore(self._concurrency)
-        self._epoch = loop.time()
+        self._loop = asyncio.get_running_loop()
+        self._reactor = FastReactor(self._loop)
+        self._epoch = self._loop.time()
         for server in self._servers.values():
             self._launch(server)
 
     async def stop(self) -> None:
-        """Stop all checks (running probes are cancelled, send_programs killed)."""
-        tasks = [s.task for s in self._servers.values() if s.task is not None]
+        """Stop all checks (running probes are abandoned, send_programs killed)."""
+        for server in self._servers.values():
+            self._halt(server)
+        self._waiting.clear()
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        for server in self._servers.values():
-            server.task = None
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._running = 0
         self._epoch = None
+        if self._reactor is not None:
+            self._reactor.close()
+            self._reactor = None
 
     def update(self, config: Config) -> None:
         """Take a new configuration. Servers whose check target (protocol, address,
@@ -269,11 +301,11 @@ class HealthMonitor:
         plan = _plan(config)
         self._quiesce = {vs.name: quiesces(vs) for vs in config.virtuals}
         for key in [k for k in self._servers if k not in plan]:
-            self._drop(self._servers.pop(key))
+            self._halt(self._servers.pop(key))
         for key, (spec, vs, rs, cmd) in plan.items():
             old = self._servers.get(key)
             if old is not None and _target(old.spec) != _target(spec):
-                self._drop(self._servers.pop(key))
+                self._halt(self._servers.pop(key))
                 if old.nanny.up:
                     self._emit(old, Change(False, None, "address, port or protocol changed"))
                 old = None
@@ -289,35 +321,16 @@ class HealthMonitor:
                     self._launch(server)
                 continue
             retimed = old.nanny.interval != spec.timeout
-            old.spec = spec
+            old.set_spec(spec)
             old.load_cmd = cmd
             old.nanny.load_monitor = cmd is not None
             old.nanny.retime(timeout=vs.timeout, reentry=vs.reentry)
             self._emit(old, old.nanny.configure_weight(rs.weight))
-            if retimed and old.task is not None:
-                old.task.cancel()
+            if retimed and self._epoch is not None:
+                self._halt(old)
                 self._launch(old)
 
-    def _drop(self, server: _Server) -> None:
-        if server.task is not None:
-            server.task.cancel()
-            server.task = None
-
-    def _launch(self, server: _Server) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(server))
-        server.task = task
-        task.add_done_callback(lambda t, s=server: self._ended(s, t))
-
-    def _ended(self, server: _Server, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            return
-        err = task.exception()
-        if err is not None:
-            log.error("health checker of %s/%s died: %r", *server.key, err)
-            if self._on_crash is not None:
-                self._on_crash(server.key[0], server.key[1], err)
-
-    # -- the per-server loop
+    # -- the per-server schedule
 
     def _next_slot(self, server: _Server, after: float) -> float:
         """The first grid time strictly after ``after``."""
@@ -327,37 +340,110 @@ class HealthMonitor:
         k = math.floor((after - base) / interval) + 1
         return base + max(k, 0) * interval
 
-    async def _run(self, server: _Server) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._sem is not None and self._epoch is not None
-        due = self._next_slot(server, max(loop.time(), self._epoch) - 1e-9)
-        while True:
-            delay = due - loop.time()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            async with self._sem:
-                started = loop.time()
-                result = await probe(server.spec)
-            self._record(server, due, started, result)
-            observed = server.nanny.observe(result.ok, result.detail)
-            self._emit(server, observed.change)
-            if observed.wants_load and server.load_cmd is not None:
-                figure = await self._load.load(
-                    server.load_cmd, server.spec.host, server.spec.timeout
-                )
-                self._emit(server, server.nanny.load(figure))
-            due = self._next_slot(server, max(due, loop.time()))
+    def _launch(self, server: _Server) -> None:
+        assert self._loop is not None and self._epoch is not None
+        server.gen += 1
+        self._arm(server, max(self._loop.time(), self._epoch) - 1e-9)
 
-    def _record(self, server: _Server, due: float, started: float, result: ProbeResult) -> None:
-        server.checks += 1
-        if not result.ok:
-            server.failures += 1
-        server.last_ok = result.ok
-        server.last_detail = result.detail
-        server.last_latency = result.latency
-        server.last_check = self._clock()
-        if self._observer is not None:
-            self._observer(server.key[0], server.key[1], due, started, result)
+    def _arm(self, server: _Server, after: float) -> None:
+        assert self._reactor is not None
+        server.due = self._next_slot(server, after)
+        server.timer = self._reactor.call_at(server.due, self._fire, server, server.gen)
+
+    def _halt(self, server: _Server) -> None:
+        """Tear down the server's schedule and abandon a check in flight."""
+        server.gen += 1
+        if server.timer is not None:
+            server.timer.cancel()
+            server.timer = None
+        check, server.check = server.check, None
+        if check is not None:
+            check.cancel()
+            self._running -= 1
+            self._dequeue()
+
+    def _fire(self, server: _Server, gen: int) -> None:
+        server.timer = None
+        if gen != server.gen:
+            return
+        if self._running >= self._concurrency:
+            self._waiting.append((server, gen))
+            return
+        self._begin(server)
+
+    def _dequeue(self) -> None:
+        while self._waiting and self._running < self._concurrency:
+            server, gen = self._waiting.popleft()
+            if gen == server.gen and server.check is None:
+                self._begin(server)
+
+    def _begin(self, server: _Server) -> None:
+        reactor = self._reactor
+        assert reactor is not None
+        self._running += 1
+        done = partial(self._done, server, server.gen, reactor.time())
+        if server.address is not None:
+            try:
+                check = TcpCheck(reactor, server.spec, *server.address, done)
+            except OSError as err:  # no socket (EMFILE...): a failed check
+                failed = ProbeResult(False, 0.0, f"socket: {err.strerror}")
+                server.check = reactor.call_at(reactor.time(), done, failed)
+                return
+            server.check = check
+            check.start()
+        else:
+            task = reactor.loop.create_task(probe(server.spec))
+            server.check = task
+            task.add_done_callback(lambda t: None if t.cancelled() else done(_result_of(t)))
+
+    def _done(self, server: _Server, gen: int, started: float, result: ProbeResult) -> None:
+        """A check finished: record it, let the machine decide, report, re-arm."""
+        if gen != server.gen:
+            return
+        server.check = None
+        self._running -= 1
+        try:
+            ok = result.ok
+            server.checks += 1
+            if not ok:
+                server.failures += 1
+            server.last_ok = ok
+            server.last_detail = result.detail
+            server.last_latency = result.latency
+            server.last_check = self._clock()
+            if self._observer is not None:
+                self._observer(server.key[0], server.key[1], server.due, started, result)
+            observed = server.nanny.observe(ok, result.detail)
+            if observed.change is not None:
+                self._emit(server, observed.change)
+            if observed.wants_load and server.load_cmd is not None:
+                self._read_load(server, gen)
+            # the next slot of the grid after this one (or after now, if it overran)
+            now = self._reactor.time()  # type: ignore[union-attr]
+            self._arm(server, server.due if server.due > now else now)
+        except Exception as err:
+            log.exception("health checker of %s/%s died", *server.key)
+            if self._on_crash is not None:
+                self._on_crash(server.key[0], server.key[1], err)
+        finally:
+            if self._waiting:
+                self._dequeue()
+
+    def _read_load(self, server: _Server, gen: int) -> None:
+        assert self._loop is not None and server.load_cmd is not None
+        task = self._loop.create_task(
+            self._load.load(server.load_cmd, server.spec.host, server.spec.timeout)
+        )
+        self._tasks.add(task)
+
+        def loaded(t: asyncio.Task[float | None]) -> None:
+            self._tasks.discard(t)
+            if t.cancelled() or gen != server.gen:
+                return
+            figure = None if t.exception() is not None else t.result()
+            self._emit(server, server.nanny.load(figure))
+
+        task.add_done_callback(loaded)
 
     def _emit(self, server: _Server, change: Change | None) -> None:
         if change is None:
@@ -368,3 +454,10 @@ class HealthMonitor:
             self._on_event(event)
         except Exception:
             log.exception("health event handler failed on %s", event)
+
+
+def _result_of(task: asyncio.Task[ProbeResult]) -> ProbeResult:
+    err = task.exception()
+    if err is not None:
+        return ProbeResult(False, 0.0, f"internal error: {err!r}")
+    return task.result()

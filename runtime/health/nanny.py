@@ -78,6 +78,9 @@ class Observed:
     wants_load: bool
 
 
+_NOTHING = Observed(None, False)  # the common answer, allocated once
+
+
 class Nanny:
     """One real server's health state. ``weight``/``timeout``/``reentry`` are the lvs.cf
     values; ``load_monitor`` says whether load readings exist for this server."""
@@ -138,7 +141,7 @@ class Nanny:
     def observe(self, ok: bool, detail: str) -> Observed:
         """A check finished: ``ok`` and the probe's ``detail`` (why it failed)."""
         if self.override is not None:
-            return Observed(None, False)
+            return _NOTHING
         change = None
         if ok:
             self.count += 1
@@ -153,7 +156,7 @@ class Nanny:
         else:
             self.count = 0
         if not self.up or not weights.tick_due(self.interval, self.count):
-            return Observed(change, False)
+            return _NOTHING if change is None else Observed(change, False)
         step = weights.slow_start_step(self._weight, self.configured)
         if step is not None:
             self._weight = step

@@ -1,0 +1,315 @@
+"""Health-check benchmark: 10,000 real servers checked every second by one HealthMonitor.
+
+A fresh network namespace holds everything: 198.18.0.1 on its loopback, a listener
+process with one TCP listening socket per real server (ports 20000 and up; it accepts
+and closes), and the monitor process (this script with ``--inner``), which checks
+every listener with ``timeout = 1`` (interval and connect timeout 1 s).
+
+It prints, for the monitor process only (getrusage of itself, not of the listeners):
+* CPU: user + system seconds per wall second over a steady window, as % of one core;
+* jitter: actual minus planned start of every check in that window (p50 / p99 / max);
+* detection: the listener process closes ``--fail`` listeners one by one at random
+  moments and reports when; the time from each close to the monitor's down event
+  (p50 / p99 / max). Target: p99 <= interval + timeout + 50 ms = 2.05 s.
+
+Run (root): .venv/bin/python bench/health_bench.py [--servers 10000] [--window 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import resource
+import selectors
+import socket
+import statistics
+import sys
+import time
+from ipaddress import IPv4Address
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compiler.model import Config, Network, RealServer, VirtualService  # noqa: E402
+from runtime.health.monitor import HealthMonitor, ServerEvent  # noqa: E402
+from runtime.health.probes import ProbeResult  # noqa: E402
+
+ADDRESS = "198.18.0.1"
+BASE_PORT = 20000
+PER_VIRTUAL = 100
+
+
+def raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    target = max(need, soft)
+    if hard < target:
+        hard = target  # root may raise the hard limit
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+# --------------------------------------------------------------------------- listeners
+
+
+def listeners(count: int, banner: bytes) -> None:
+    """``--listen``: one listening socket per port; accept and close (after writing
+    ``banner``); on a line ``close PORT`` from stdin, close that listener and print
+    ``closed PORT <CLOCK_MONOTONIC>``."""
+    raise_nofile(count + 1000)
+    sel = selectors.DefaultSelector()
+    socks: dict[int, socket.socket] = {}
+    for i in range(count):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((ADDRESS, BASE_PORT + i))
+        s.listen(512)
+        s.setblocking(False)
+        socks[BASE_PORT + i] = s
+        sel.register(s, selectors.EVENT_READ, BASE_PORT + i)
+    os.set_blocking(sys.stdin.fileno(), False)
+    sel.register(sys.stdin, selectors.EVENT_READ, None)
+    print("ready", flush=True)
+    pending = b""
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                data = os.read(sys.stdin.fileno(), 4096)
+                if not data:
+                    return
+                pending += data
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    port = int(line.split()[1])
+                    s = socks.pop(port)
+                    sel.unregister(s)
+                    s.close()
+                    print(f"closed {port} {time.monotonic():.6f}", flush=True)
+                continue
+            lst = key.fileobj
+            while True:
+                try:
+                    conn, _ = lst.accept()  # type: ignore[union-attr]
+                except (BlockingIOError, ConnectionError):
+                    break
+                if banner:
+                    with contextlib.suppress(OSError):
+                        conn.send(banner)
+                conn.close()
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+def model(count: int, expect: bool) -> Config:
+    virtuals = []
+    for v in range(0, count, PER_VIRTUAL):
+        servers = tuple(
+            RealServer(
+                name=f"rs{i}",
+                address=IPv4Address(ADDRESS),
+                active=True,
+                port=BASE_PORT + i,
+            )
+            for i in range(v, min(v + PER_VIRTUAL, count))
+        )
+        virtuals.append(
+            VirtualService(
+                name=f"v{v // PER_VIRTUAL}",
+                active=True,
+                address=IPv4Address("198.18.1.1"),
+                port=10000 + v // PER_VIRTUAL,  # not 80: connect-only unless --expect
+                timeout=1,
+                reentry=1,
+                expect="220" if expect else None,
+                servers=servers,
+            )
+        )
+    return Config(network=Network.NAT, virtuals=tuple(virtuals))
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def inner(args: argparse.Namespace) -> dict:
+    raise_nofile(args.concurrency * 2 + 1000)
+    banner = b"220 bench\r\n" if args.expect else b""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--listen",
+        str(args.servers),
+        "--banner",
+        banner.decode(),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    assert (await proc.stdout.readline()).strip() == b"ready"
+
+    ups: set[str] = set()
+    downs: dict[str, float] = {}
+    jitter: list[float] = []
+    latency: list[float] = []
+    window = {"on": False, "checks": 0, "failed": 0}
+
+    def on_event(e: ServerEvent) -> None:
+        if e.up:
+            ups.add(e.server)
+        else:
+            downs.setdefault(e.server, time.monotonic())
+
+    def observer(_v: str, _s: str, planned: float, started: float, r: ProbeResult) -> None:
+        if window["on"]:
+            jitter.append(started - planned)
+            latency.append(r.latency)
+            window["checks"] += 1
+            if not r.ok:
+                window["failed"] += 1
+
+    mon = HealthMonitor(
+        model(args.servers, args.expect),
+        on_event,
+        concurrency=args.concurrency,
+        observer=observer,
+    )
+    t0 = time.monotonic()
+    await mon.start()
+    # warm-up: every server up (the first interval spreads the first checks)
+    while len(ups) < args.servers and time.monotonic() - t0 < 30:
+        await asyncio.sleep(0.1)
+    all_up = time.monotonic() - t0
+    await asyncio.sleep(1.0)
+
+    r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    window["on"] = True
+    await asyncio.sleep(args.window)
+    window["on"] = False
+    r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    user = (r1.ru_utime - r0.ru_utime) / (w1 - w0)
+    system = (r1.ru_stime - r0.ru_stime) / (w1 - w0)
+    cpu = user + system
+    checks_per_s = window["checks"] / (w1 - w0)
+
+    # failures: close listeners at random moments, one every 20-80 ms
+    rng = random.Random(7)
+    victims = rng.sample(range(args.servers), args.fail)
+    closed: dict[str, float] = {}
+    for i in victims:
+        await asyncio.sleep(rng.uniform(0.02, 0.08))
+        proc.stdin.write(f"close {BASE_PORT + i}\n".encode())
+        await proc.stdin.drain()
+        _, port, at = (await proc.stdout.readline()).decode().split()
+        closed[f"rs{int(port) - BASE_PORT}"] = float(at)
+    deadline = time.monotonic() + 5
+    while any(s not in downs for s in closed) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    detection = [downs[s] - t for s, t in closed.items() if s in downs]
+    missed = [s for s in closed if s not in downs]
+    unexpected = sorted(set(downs) - set(closed))
+
+    await mon.stop()
+    proc.stdin.close()
+    await proc.wait()
+    return {
+        "servers": args.servers,
+        "check": "connect + read '220'" if args.expect else "TCP connect",
+        "all_up_s": round(all_up, 3),
+        "window_s": round(w1 - w0, 2),
+        "checks_per_s": round(checks_per_s, 1),
+        "cpu_pct_one_core": round(100 * cpu, 1),
+        "user_pct": round(100 * user, 1),
+        "system_pct": round(100 * system, 1),
+        "cpu_us_per_check": round(1e6 * cpu / checks_per_s, 1) if checks_per_s else None,
+        "failed_checks": window["failed"],
+        "latency_ms": {
+            "p50": round(1000 * pct(latency, 0.50), 2),
+            "p99": round(1000 * pct(latency, 0.99), 2),
+        },
+        "jitter_ms": {
+            "p50": round(1000 * pct(jitter, 0.50), 2),
+            "p99": round(1000 * pct(jitter, 0.99), 2),
+            "max": round(1000 * max(jitter), 2) if jitter else None,
+        },
+        "detection_ms": {
+            "n": len(detection),
+            "p50": round(1000 * pct(detection, 0.50), 1),
+            "p99": round(1000 * pct(detection, 0.99), 1),
+            "max": round(1000 * max(detection), 1) if detection else None,
+            "mean": round(1000 * statistics.fmean(detection), 1) if detection else None,
+        },
+        "missed": missed,
+        "unexpected_downs": unexpected[:10],
+    }
+
+
+# --------------------------------------------------------------------------- outer
+
+
+def outer(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT / "tests" / "netns"))
+    from tests.netns.topo import Topology
+
+    with Topology("hb") as topo:
+        ns = topo.netns("health")
+        ns.addr("lo", f"{ADDRESS}/32")
+        ns.sysctl("net.core.somaxconn", 4096)
+        cmd = [sys.executable, __file__, "--inner", *sys.argv[1:]]
+        out = ns.run(*cmd, timeout=args.window + 120)
+    result = json.loads(out.strip().splitlines()[-1])
+    load = os.getloadavg()[0]
+    print(f"health checks: {result['servers']} real servers, {result['check']}, timeout 1 s")
+    print(f"  machine load average (1 min) at the end: {load:.2f} on {os.cpu_count()} cores")
+    print(f"  all servers up after {result['all_up_s']} s")
+    print(
+        f"  CPU of the monitor: {result['cpu_pct_one_core']}% of one core "
+        f"({result['checks_per_s']} checks/s, {result['cpu_us_per_check']} us/check) "
+        f"over {result['window_s']} s   (target <= 50%)"
+    )
+    print(f"    of which user {result['user_pct']}%, system {result['system_pct']}%")
+    lat = result["latency_ms"]
+    print(
+        f"  check latency: p50 {lat['p50']} ms, p99 {lat['p99']} ms; "
+        f"failed checks in the window: {result['failed_checks']}"
+    )
+    j = result["jitter_ms"]
+    print(f"  check start jitter: p50 {j['p50']} ms, p99 {j['p99']} ms, max {j['max']} ms")
+    d = result["detection_ms"]
+    print(
+        f"  failure -> down event ({d['n']} servers): p50 {d['p50']} ms, p99 {d['p99']} ms, "
+        f"max {d['max']} ms   (target p99 <= 2050 ms)"
+    )
+    if result["missed"] or result["unexpected_downs"]:
+        print(f"  missed: {result['missed']}  unexpected downs: {result['unexpected_downs']}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--servers", type=int, default=10000)
+    p.add_argument("--window", type=float, default=20.0, help="steady-state seconds measured")
+    p.add_argument("--fail", type=int, default=100, help="listeners closed to time detection")
+    p.add_argument("--concurrency", type=int, default=512)
+    p.add_argument("--expect", action="store_true", help="read a '220' banner, not just connect")
+    p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--listen", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--banner", default="", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.listen is not None:
+        listeners(args.listen, args.banner.encode())
+    elif args.inner:
+        print(json.dumps(asyncio.run(inner(args))))
+    else:
+        outer(args)
+
+
+if __name__ == "__main__":
+    main()
