@@ -125,29 +125,53 @@ def _fill(members: Sequence[Member], eligible: Sequence[int], size: int) -> np.n
         nexts[n] = (slot + skip) % size
     view = np.frombuffer(owner, dtype=np.int32)
     empties = np.flatnonzero(np.frombuffer(full, dtype=np.uint8) == 0)
-    prefs = _preferences(empties, perms, size)
+    weights = [members[i].weight for i in eligible]
+    prefs = _Preferences(empties, perms, size, _head(len(empties), weights))
     for slot, n in _turns(prefs, order, sparse % len(order), size - sparse):
         view[slot] = n
     return np.array(eligible, dtype=np.int32)[view]
 
 
-def _preferences(slots: np.ndarray, perms: Sequence[tuple[int, int]], size: int) -> list[list[int]]:
+class _Preferences:
     """Each permutation's order of preference among ``slots``: by the position
-    ``j = (slot - offset) * skip^-1 (mod size)`` of each slot in it."""
-    wide = slots.astype(np.int64)[None, :]
-    offs = np.array([off for off, _skip in perms], dtype=np.int64)[:, None]
-    invs = np.array([pow(skip, -1, size) for _off, skip in perms], dtype=np.int64)[:, None]
-    rank = (wide - offs) % size * invs % size  # one row per permutation
-    return slots[np.argsort(rank, axis=1, kind="stable")].tolist()
+    ``j = (slot - offset) * skip^-1 (mod size)`` of each slot in it.
+
+    A member claims about its weight's share of the slots, so only the head of each
+    order is sorted (``head`` entries, found with argpartition); :meth:`full` sorts a
+    member's whole order the first time its turns run past the head."""
+
+    def __init__(self, slots: np.ndarray, perms: Sequence[tuple[int, int]], size: int, head: int):
+        wide = slots.astype(np.int64)[None, :]
+        offs = np.array([off for off, _skip in perms], dtype=np.int64)[:, None]
+        invs = np.array([pow(skip, -1, size) for _off, skip in perms], dtype=np.int64)[:, None]
+        # a row per permutation; the ranks in a row are distinct, so any sort gives
+        # the one order
+        self.rank = ((wide - offs) % size * invs % size).astype(np.int32)
+        self.slots = slots
+        if head < len(slots):
+            part = np.argpartition(self.rank, head, axis=1)[:, :head]
+            order = np.take_along_axis(self.rank, part, axis=1).argsort(axis=1)
+            self.heads = slots[np.take_along_axis(part, order, axis=1)].tolist()
+        else:
+            self.heads = slots[np.argsort(self.rank, axis=1)].tolist()
+
+    def full(self, n: int) -> list[int]:
+        self.heads[n] = self.slots[np.argsort(self.rank[n])].tolist()
+        return self.heads[n]
 
 
-def _turns(
-    prefs: list[list[int]], order: list[int], start: int, left: int
-) -> list[tuple[int, int]]:
+def _head(slots: int, weights: Sequence[int]) -> int:
+    """How much of each preference order to sort up front: four times the largest
+    member's share of ``slots``, and at least 64."""
+    return max(64, 4 * slots * max(weights) // sum(weights))
+
+
+def _turns(prefs: _Preferences, order: list[int], start: int, left: int) -> list[tuple[int, int]]:
     """The turn rule over preference lists: members claim in ``order`` (a period of
     :func:`_schedule`, from position ``start``) their most preferred unclaimed slot
     until ``left`` slots are claimed. Returns (slot, member position) pairs."""
-    ptr = [0] * len(prefs)
+    heads = prefs.heads
+    ptr = [0] * len(heads)
     taken: set[int] = set()
     out = []
     k, period = start, len(order)
@@ -156,8 +180,12 @@ def _turns(
         k += 1
         if k == period:
             k = 0
-        pref, p = prefs[n], ptr[n]
-        while pref[p] in taken:
+        pref, p = heads[n], ptr[n]
+        while True:
+            if p == len(pref):
+                pref = prefs.full(n)
+            if pref[p] not in taken:
+                break
             p += 1
         slot = pref[p]
         ptr[n] = p + 1
@@ -201,8 +229,10 @@ def without(
     eligible = [i for i, m in enumerate(members) if m.weight > 0 and i not in set(out)]
     if not len(freed) or not eligible:
         return table
-    prefs = _preferences(freed, [_offset_skip(members[i].key, size) for i in eligible], size)
-    order = _schedule([members[i].weight for i in eligible], len(freed))
+    weights = [members[i].weight for i in eligible]
+    perms = [_offset_skip(members[i].key, size) for i in eligible]
+    prefs = _Preferences(freed, perms, size, _head(len(freed), weights))
+    order = _schedule(weights, len(freed))
     owners = [x for slot, n in _turns(prefs, order, 0, len(freed)) for x in (slot, eligible[n])]
     pairs = np.array(owners, dtype=np.int64).reshape(-1, 2)
     table[pairs[:, 0]] = pairs[:, 1]

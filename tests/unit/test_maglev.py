@@ -161,3 +161,13 @@ def test_tables_do_not_change_between_versions() -> None:
     assert digest == "17ee94b1e232fbd591a8599004e10a8fb9deefc61da5ba2f965ee86a518a577e"
     digest = hashlib.sha256(maglev.table(ms, {3, 50}).tobytes()).hexdigest()
     assert digest == "22d8041ae9c441407c111e3547122e33657f65200197e54ba062b932f843df69"
+
+
+@pytest.mark.parametrize("weights", [[1] * 12, [1, 7, 2, 30, 1, 1, 5, 9, 3, 3, 0, 2]])
+def test_two_phase_build_equals_the_plain_loop_at_full_size(weights: list[int]) -> None:
+    """At M = 65537 the dense phase sorts only the head of each preference order and
+    falls back to a full sort when a member runs past it: still the same table."""
+    ms = members_of(weights)
+    assert (maglev.build(ms) == _reference(ms, M)).all()
+    out = {1, 3}
+    assert (maglev.table(ms, out) == maglev.without(_reference(ms, M), ms, out)).all()
