@@ -482,9 +482,18 @@ class IPVSKernel:
                     **codec.node_stats(node, codec.S_STATS64, codec.S_STATS)
                 )
         services = []
+        fast = codec.DestDecoder()
         for svc in found:
             key = service_key(svc) if stats else None
             dests = []
+            if not stats:
+                for buf, start, end in self._dump(codec.get_dests_body(svc)):
+                    d = fast.decode(buf, start, end, svc.family)
+                    if d is not None:
+                        dests.append(d)
+                dests.sort(key=dest_key)
+                services.append(replace(svc, destinations=tuple(dests)))
+                continue
             for buf, start, end in self._dump(codec.get_dests_body(svc)):
                 node = codec.top_attr(buf, start, end, codec.A_DEST)
                 if node is None:

@@ -418,7 +418,78 @@ def decode_dest(node: dict[int, bytes], svc_family: int) -> Destination:
     )
 
 
+class DestDecoder:
+    """Decodes GET_DEST replies, fast once it has seen one.
+
+    The kernel writes every destination's attributes in the same order and sizes, so
+    after parsing the first reply generically this learns where the five fields a
+    :class:`Destination` needs sit (address, port, forwarding, weight, family) and
+    reads them, with the message length and those attributes' own length/type
+    headers, in one precompiled ``Struct``. A reply whose length or headers differ
+    from the learned ones (another kernel, a tunnel attribute added) is parsed
+    generically. Counters are not read: this is for ``read(stats=False)``.
+    """
+
+    __slots__ = ("_headers", "_layout", "_length")
+
+    def __init__(self) -> None:
+        self._layout: struct.Struct | None = None
+        self._length = 0
+        self._headers: tuple[int, ...] = ()
+
+    def decode(self, buf: bytes, start: int, end: int, svc_family: int) -> Destination | None:
+        layout = self._layout
+        if layout is not None:
+            # (length, hdr, addr, hdr, port, hdr, fwd, hdr, weight, hdr, family)
+            v = layout.unpack_from(buf, start)
+            if v[0] == self._length and v[1::2] == self._headers:
+                return Destination(
+                    address(v[2], v[10] or AF[svc_family]),
+                    int.from_bytes(v[4], "big"),
+                    FWD_NETWORK.get(v[6] & 0x7, Network.DIRECT),
+                    v[8],
+                )
+        node = top_attr(buf, start, end, A_DEST)
+        if node is None:
+            return None
+        if layout is None:
+            self._learn(buf, start, end)
+        return decode_dest(node, svc_family)
+
+    def _learn(self, buf: bytes, start: int, end: int) -> None:
+        """Record where the fields sit in this reply: the ``Struct`` and its checks."""
+        off = start + 20  # the IPVS_CMD_ATTR_DEST header, after netlink's and genl's
+        n, kind = _NLA.unpack_from(buf, off)
+        if kind & 0x3FFF != A_DEST:
+            return
+        where: dict[int, tuple[int, int]] = {}  # type -> (offset in message, length)
+        inner, stop = off + 4, min(off + n, end)
+        while inner + 4 <= stop:
+            alen, akind = _NLA.unpack_from(buf, inner)
+            if alen < 4:
+                return
+            where.setdefault(akind & 0x3FFF, (inner - start, alen))
+            inner += (alen + 3) & ~3
+        wanted = [(D_ADDR, None), (D_PORT, "2s"), (D_FWD_METHOD, "I"), (D_WEIGHT, "I")]
+        wanted.append((D_ADDR_FAMILY, "H"))
+        if any(k not in where for k, _ in wanted):
+            return
+        fmt, pos, headers = "=I", 4, []
+        for k, value in wanted:
+            at, alen = where[k]
+            value = value or f"{alen - 4}s"
+            if at < pos or struct.calcsize("=" + value) != alen - 4:
+                return  # not in the order or sizes this reads
+            fmt += f"{at - pos}xI{value}"
+            pos = at + alen
+            headers.append(_U32.unpack(_NLA.pack(alen, k))[0])
+        self._layout = struct.Struct(fmt)
+        self._length = end - start
+        self._headers = tuple(headers)
+
+
 __all__ = [
+    "DestDecoder",
     "Encoder",
     "attrs",
     "decode_dest",

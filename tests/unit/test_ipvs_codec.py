@@ -209,3 +209,30 @@ def test_a_protocol_the_model_lacks_is_not_a_service() -> None:
         codec.S_PROTOCOL: (132).to_bytes(2, "little"),
     }
     assert codec.decode_service(sctp) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([4, 6]), st.lists(destinations, min_size=1, max_size=6), st.data())
+def test_the_learned_dest_layout_decodes_like_the_generic_parser(family, dests, data) -> None:
+    """DestDecoder learns the layout from the first reply and reads the rest with one
+    Struct; a reply laid out differently (an extra attribute) still decodes right."""
+    replies = []
+    for d in dests:
+        dattrs = [
+            ("IPVS_DEST_ATTR_ADDR", d.address.packed + b"\0" * (16 - len(d.address.packed))),
+            ("IPVS_DEST_ATTR_PORT", d.port),
+            ("IPVS_DEST_ATTR_FWD_METHOD", codec.FWD_CODE[d.forwarding]),
+            ("IPVS_DEST_ATTR_WEIGHT", d.weight),
+            ("IPVS_DEST_ATTR_U_THRESH", 0),
+            ("IPVS_DEST_ATTR_ACTIVE_CONNS", 4),
+            ("IPVS_DEST_ATTR_ADDR_FAMILY", codec.AF[d.address.version]),
+            stats_attr("IPVS_DEST_ATTR_STATS64", 7),
+        ]
+        if data.draw(st.booleans()):  # a different layout: an attribute more, or moved
+            dattrs.insert(data.draw(st.integers(0, len(dattrs))), ("IPVS_DEST_ATTR_L_THRESH", 1))
+        replies.append(reply(codec.CMD_NEW_DEST, [("IPVS_CMD_ATTR_DEST", {"attrs": dattrs})]))
+    fast = codec.DestDecoder()
+    for d, buf in zip(dests, replies, strict=True):
+        ((_k, _q, start, end),) = codec.messages(buf)
+        assert fast.decode(buf, start, end, family) == d
+        assert codec.decode_dest(codec.top_attr(buf, start, end, codec.A_DEST), family) == d
