@@ -236,6 +236,8 @@ class XdpBackend:
             self._pending = XdpDataplane(p, pin_dir=self.pin_dir)
         except Exception as err:  # bcc compile/load failure
             raise BackendError(f"cannot load the XDP program: {err}") from err
+        for replaced in getattr(self._pending, "replaced", ()):
+            log.warning("pinned map replaced (its size changed): %s", replaced)
 
     def _current(self):
         return self._pending or self._dp
@@ -265,10 +267,13 @@ class XdpBackend:
         for index, st in xdp_states(desired, dp.plan).items():
             states[index] = RealState(failed=st.failed, weight=st.weight)
         changes = []
+        missing: dict[IPv4Address, list[str]] = {}
         for r in dp.plan.reals:  # no MAC yet: cannot forward there, keep it out
             if r.address not in self._macs:
                 states[r.index] = RealState(failed=True)
-                changes.append(f"no MAC for {r.address} yet: {r.name} kept out")
+                missing.setdefault(r.address, []).append(r.name)
+        for addr, names in missing.items():
+            changes.append(f"no MAC for {addr} yet, kept out: {', '.join(sorted(set(names)))}")
         macs = {a: self._macs.get(a, b"\0" * 6) for a in addresses}
         dp.sync(macs, states)
         if self._pending is not None:
