@@ -219,6 +219,7 @@ class XdpBackend:
         self._desired: Desired | None = None
         self._macs: dict[IPv4Address, bytes] = {}
         self.attached_mode: str | None = None
+        self._removed = False  # after remove(): the maps are left alone
 
     def _plan(self, config: Config):
         from dataplane.plan import PlanError, plan
@@ -260,6 +261,8 @@ class XdpBackend:
         from dataplane.xdp import RealState
 
         self._desired = desired
+        if self._removed:
+            return []
         dp = self._current()
         addresses = sorted({r.address for r in dp.plan.reals})
         self._macs = self.neighbours.refresh(addresses)
@@ -290,7 +293,7 @@ class XdpBackend:
 
     def tick(self) -> list[str]:
         """Follow the neighbour table: a changed or newly learned MAC re-syncs the maps."""
-        if self._desired is None or self._dp is None:
+        if self._desired is None or self._dp is None or self._removed:
             return []
         addresses = sorted({r.address for r in self._dp.plan.reals})
         if self.neighbours.refresh(addresses) == self._macs:
@@ -321,8 +324,9 @@ class XdpBackend:
         """Detach the program and clear our services from the maps."""
         from dataplane.xdp import XdpDataplane
 
-        if self._dp is None:
+        if self._dp is None or self._removed:
             return []
+        self._removed = True
         XdpDataplane.detach(self.interface, self.attached_mode or "native")
         m = self._dp.maps
         for key in m.services():

@@ -328,8 +328,7 @@ class Daemon:
                 reason=reason,
             )
             self.exit_status = EXIT_ERRORS
-            self._dirty.set()  # the applier removes everything, then we stop
-            asyncio.get_running_loop().call_soon(self._stop_after_apply)
+            asyncio.get_running_loop().call_soon(self._hard_shutdown)
         else:
             _log(
                 logging.ERROR,
@@ -339,10 +338,17 @@ class Daemon:
                 reason=reason,
             )
 
-    def _stop_after_apply(self) -> None:
+    def _hard_shutdown(self) -> None:
+        """hard_shutdown: remove our services (as lvsd did), then stop."""
+
         async def later() -> None:
             async with self._lock:
-                await self._apply()
+                assert self.backend is not None
+                try:
+                    for c in await self._call(self.backend.remove):
+                        _log(logging.INFO, "dataplane", change=c)
+                except BackendError as err:
+                    _log(logging.ERROR, "could not remove our services", error=err.message)
             self._stop.set()
 
         asyncio.get_running_loop().create_task(later())

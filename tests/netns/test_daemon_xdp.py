@@ -13,6 +13,7 @@ daemon's status for a state, with a generous deadline, and never asserts a durat
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from bcc import BPF
 
 from dataplane.xdp import attach_xdp
 from runtime.control import ControlError, request
+from runtime.daemon import Daemon, Options
 from tests.netns.topo import Netns, Topology, inside
 
 pytestmark = pytest.mark.netns
@@ -541,3 +543,38 @@ def test_a_replaced_real_server_with_a_new_mac_keeps_working(lab: Lab) -> None:
     while lab.names(n=30) != {"rs1", "rs2"}:  # rs1's share arrives at the new MAC
         assert time.monotonic() < deadline, lab.log()
         time.sleep(0.5)
+
+
+def test_hard_shutdown_when_a_checker_dies_removes_our_services(lab: Lab) -> None:
+    """lvsd's hard_shutdown = 1 (the default): the monitor reports a dead checker task
+    (its on_crash callback), the daemon removes our services and exits 1. In-process,
+    in the director's namespace, so the test can be the monitor's caller."""
+    lab.write_config(virtual("web", 80, "", server_block("rs1") + server_block("rs2")))
+    opts = Options(
+        config=str(lab.config),
+        dataplane="xdp",
+        interface="eth0",
+        pin_dir=lab.pin_dir,
+        socket=None,
+        metrics=None,
+    )
+
+    async def scenario() -> tuple[int, set[str]]:
+        daemon = Daemon(opts)
+        running = asyncio.create_task(daemon.run())
+        deadline = time.monotonic() + DEADLINE_S
+        while not (
+            daemon.director is not None
+            and all(p.live for p in daemon.director.desired().placements.values())
+        ):
+            assert time.monotonic() < deadline and not running.done()
+            await asyncio.sleep(0.2)
+        before = await asyncio.to_thread(lab.names)
+        daemon.checker_crashed("web", "rs1", "RuntimeError('boom')")
+        return await asyncio.wait_for(running, DEADLINE_S), before
+
+    with inside(lab.lb):
+        code, before = asyncio.run(scenario())
+    assert before == {"rs1", "rs2"}
+    assert code == 1
+    assert lab.names(n=3) == {"error"}  # our services are gone from the dataplane
