@@ -232,3 +232,24 @@ def test_both_links_cut_then_restored_heals_to_the_master(
     assert has_vip(s.a)
     assert wait_until(lambda: answers(s) == "ra" and client_sees(s, s.a))
     holds(s.b, 1.0, expect=False)
+
+
+def test_heartbeat_path_cut_one_way(topology: Topology, tmp_path: Path) -> None:
+    """The primary's heartbeats dropped on their way out (a blackhole route to the
+    backup on the primary), the backup's still arriving: the backup hears nothing
+    and activates (§3.4); the primary, active, hears RUNNING and re-ARPs every time
+    (§3.5 row 2) — both hold the VIP while the cut lasts, as the table implies. Once
+    the path is whole the backup hears RUNNING and yields (row 1)."""
+    s, a, b = start_pair(topology, tmp_path, keepalive=0.2, deadtime=2.0)
+    s.a.ip("route", "add", "blackhole", f"{NET}.3/32")
+    b.expect("active")
+    assert wait_until(lambda: has_vip(s.b))
+    holds(s.a, 1.0, expect=True)
+    s.a.ip("route", "del", "blackhole", f"{NET}.3/32")
+    b.expect("inactive")
+    assert wait_until(lambda: not has_vip(s.b))
+    assert has_vip(s.a)
+    a.proc.send_signal(signal.SIGTERM)
+    a.proc.wait(10)
+    assert a.proc.stderr is not None
+    assert "partner active: resending arps" in a.proc.stderr.read()
