@@ -11,6 +11,9 @@ Typical use by the daemon::
     ...
     await pulse.stop()          # SIGTERM: tell the peer (STOPPED), give up the VIPs
 
+Cancelling ``run()`` is a crash (the VIPs stay where they are, as after SIGKILL);
+``stop()`` is the orderly way out.
+
 Heartbeats (spec §3.3): UDP from ``own:heartbeat_port`` to ``partner:heartbeat_port``
 and, when the private addresses differ, the same again between them. Only packets
 from the partner's two addresses count.
@@ -59,6 +62,10 @@ class Status:
     garps_sent: int
     packets: dict[str, int]  # accepted and rejected by reason (wire.Reject)
     transitions: int
+
+    def as_dict(self) -> dict[str, object]:
+        """Plain data for the control socket's JSON."""
+        return {f: getattr(self, f) for f in self.__slots__}  # type: ignore[attr-defined]
 
 
 @dataclass

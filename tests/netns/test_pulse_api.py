@@ -77,6 +77,7 @@ def test_callbacks_childfail_commands_sync_roles_and_status(
     assert up.peer == "dead" and up.heartbeats_sent > 0 and up.transitions == 3
     assert up.packets["accepted"] == 1
     assert stopped.state == "stopped" and stopped.vips == () and not has_vip(router)
+    assert stopped.as_dict()["state"] == "stopped" and "packets" in stopped.as_dict()
     # VIPs are up before the director starts and still up when it is stopped
     assert events == [
         "sync backup",  # start-up (§3.2 step 6)
