@@ -5,6 +5,8 @@ monitor_links (§3.7). Time is a number passed in; nothing sleeps."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compiler import compile_text
 from runtime.pulse.machine import (
@@ -519,3 +521,73 @@ def test_events_before_start_are_ignored() -> None:
     assert m.receive(STOPPED, 0.0) == [] and m.handle_timer(9.0) == []
     assert m.links(False, 0.0) == [] and m.child_failed(0.0) == []
     assert m.get_timer() is None
+
+
+# ---- properties over random histories -------------------------------------------------------
+
+EVENTS = st.lists(
+    st.tuples(
+        st.floats(min_value=0.0, max_value=4.0),
+        st.sampled_from(["cut", "heal", "running", "stopped", "link-down", "link-up", "child"]),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(EVENTS, st.sampled_from([Role.MASTER, Role.BACKUP]), st.booleans())
+def test_single_machine_invariants(events, role: Role, monitor: bool) -> None:
+    """Whatever arrives: Activate and Deactivate alternate (starting with Activate),
+    ``active`` matches the last of them, a router under LINKFAIL or CHILDFAIL is never
+    active (§3.6, §3.7), and nothing happens after stop (§3.6)."""
+    m = Machine(Settings(role=role, keepalive=0.5, deadtime=1.5, monitor_links=monitor))
+    now = 0.0
+    history = list(m.start(now))
+    for dt, ev in events:
+        now += dt
+        history += m.handle_timer(now)
+        match ev:
+            case "running":
+                history += m.receive(RUNNING, now)
+            case "stopped":
+                history += m.receive(STOPPED, now)
+            case "link-down":
+                history += m.links(False, now)
+            case "link-up":
+                history += m.links(True, now)
+            case "child":
+                history += m.child_failed(now)
+        if m.link_fail or m.child_fail:
+            assert not m.active
+    flips = [a for a in history if isinstance(a, (Activate, Deactivate))]
+    assert all(isinstance(a, Activate if i % 2 == 0 else Deactivate) for i, a in enumerate(flips))
+    assert m.active == (bool(flips) and isinstance(flips[-1], Activate))
+    history = m.stop(now)
+    assert not m.active
+    assert m.handle_timer(now + 100) == [] and m.receive(STOPPED, now + 100) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(min_value=0.05, max_value=5.0), st.sampled_from(["cut", "heal"])),
+        max_size=12,
+    ),
+    st.floats(min_value=0.0, max_value=3.0),
+    st.sampled_from(["master", "backup"]),
+)
+def test_pair_always_settles_with_exactly_one_active(cuts, delay: float, first: str) -> None:
+    """Two routers, any history of partitions: once the link has been whole for a few
+    deadtimes exactly one of them is active (§3.5: both → backup yields; neither →
+    master starts; one → status quo)."""
+    p = Pair(keepalive=0.5, deadtime=1.5)
+    a, b = (p.master, p.backup) if first == "master" else (p.backup, p.master)
+    p.start(a)
+    p.run(delay, dt=0.1)
+    p.start(b)
+    for dt, ev in cuts:
+        p.link = ev == "heal"
+        p.run(p.now + dt, dt=0.1)
+    p.link = True
+    p.run(p.now + 10.0, dt=0.1)
+    assert p.master.active != p.backup.active
