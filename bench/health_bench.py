@@ -95,7 +95,7 @@ def listeners(count: int, banner: bytes) -> None:
             while True:
                 try:
                     conn, _ = lst.accept()  # type: ignore[union-attr]
-                except (BlockingIOError, ConnectionError):
+                except OSError:  # EAGAIN: drained; or a connection reset before accept
                     break
                 if banner:
                     with contextlib.suppress(OSError):
@@ -133,6 +133,20 @@ def model(count: int, expect: bool) -> Config:
     return Config(network=Network.NAT, virtuals=tuple(virtuals))
 
 
+def tcp_counters(names: tuple[str, ...]) -> dict[str, int]:
+    """TcpExt counters of this network namespace (/proc/net/netstat)."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    out: dict[str, int] = {}
+    for head, values in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            table = dict(zip(head.split()[1:], values.split()[1:], strict=False))
+            out = {n: int(table.get(n, 0)) for n in names}
+    return out
+
+
+COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -154,7 +168,8 @@ async def inner(args: argparse.Namespace) -> dict:
         stdout=asyncio.subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stdin is not None
-    assert (await proc.stdout.readline()).strip() == b"ready"
+    ready = await asyncio.wait_for(proc.stdout.readline(), 60)
+    assert ready.strip() == b"ready", "the listener process did not start"
 
     ups: set[str] = set()
     downs: dict[str, float] = {}
@@ -190,11 +205,13 @@ async def inner(args: argparse.Namespace) -> dict:
     all_up = time.monotonic() - t0
     await asyncio.sleep(1.0)
 
+    c0 = tcp_counters(COUNTERS)
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     window["on"] = True
     await asyncio.sleep(args.window)
     window["on"] = False
     r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    c1 = tcp_counters(COUNTERS)
     user = (r1.ru_utime - r0.ru_utime) / (w1 - w0)
     system = (r1.ru_stime - r0.ru_stime) / (w1 - w0)
     cpu = user + system
@@ -208,7 +225,10 @@ async def inner(args: argparse.Namespace) -> dict:
         await asyncio.sleep(rng.uniform(0.02, 0.08))
         proc.stdin.write(f"close {BASE_PORT + i}\n".encode())
         await proc.stdin.drain()
-        _, port, at = (await proc.stdout.readline()).decode().split()
+        reply = await asyncio.wait_for(proc.stdout.readline(), 10)
+        if not reply:
+            raise RuntimeError(f"the listener process died (exit {await proc.wait()})")
+        _, port, at = reply.decode().split()
         closed[f"rs{int(port) - BASE_PORT}"] = float(at)
     deadline = time.monotonic() + 5
     while any(s not in downs for s in closed) and time.monotonic() < deadline:
@@ -231,6 +251,7 @@ async def inner(args: argparse.Namespace) -> dict:
         "system_pct": round(100 * system, 1),
         "cpu_us_per_check": round(1e6 * cpu / checks_per_s, 1) if checks_per_s else None,
         "failed_checks": window["failed"],
+        "tcp_counters_in_window": {k: c1[k] - c0[k] for k in COUNTERS},
         "latency_ms": {
             "p50": round(1000 * pct(latency, 0.50), 2),
             "p99": round(1000 * pct(latency, 0.99), 2),
@@ -281,6 +302,7 @@ def outer(args: argparse.Namespace) -> None:
         f"  check latency: p50 {lat['p50']} ms, p99 {lat['p99']} ms; "
         f"failed checks in the window: {result['failed_checks']}"
     )
+    print(f"  kernel TCP counters in the window: {result['tcp_counters_in_window']}")
     j = result["jitter_ms"]
     print(f"  check start jitter: p50 {j['p50']} ms, p99 {j['p99']} ms, max {j['max']} ms")
     d = result["detection_ms"]
