@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVERS_PY = ROOT / "tests" / "netns" / "servers.py"
 VIP = "198.18.2.100"
 RIPS = {"rs1": "198.19.3.11", "rs2": "198.19.4.11"}
+SERVES = ("--tcp", "80", "--udp", "53")
 DEADLINE_S = 240.0  # interpreters start in tens of seconds under TCG
 
 NAMES = [
@@ -39,6 +40,7 @@ NAMES = [
     "daemon-server-reenters",
     "daemon-reload",
     "daemon-broken-reload",
+    "daemon-udp-send-program-quiesce",
     "daemon-sigkill-adopt",
     "daemon-stop-remove",
 ]
@@ -54,6 +56,12 @@ for line in sys.stdin:
             for _ in range(c["n"]):
                 s = socket.create_connection((c["dst"], c["port"]), timeout=5)
                 out.append(s.recv(100).decode()); s.close()
+        elif c["op"] == "udp":
+            out = []
+            for _ in range(c["n"]):
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
+                u.sendto(b"q", (c["dst"], c["port"])); out.append(u.recv(100).decode())
+                u.close()
         elif c["op"] == "hold":
             s = socket.create_connection((c["dst"], c["port"]), timeout=5)
             name = s.recv(100).decode(); held[s.getsockname()[1]] = s
@@ -155,7 +163,7 @@ class Lab:
 
     def start_server(self, name: str) -> None:
         p = subprocess.Popen(
-            ns(f"d{name}", sys.executable, str(SERVERS_PY), "--name", name, "--tcp", "80"),
+            ns(f"d{name}", sys.executable, str(SERVERS_PY), "--name", name, *SERVES),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -178,6 +186,9 @@ class Lab:
 
     def names(self, port: int = 80, n: int = 8) -> set[str]:
         return set(self.ask(op="names", dst=VIP, port=port, n=n))
+
+    def udp_names(self, port: int = 53, n: int = 8) -> set[str]:
+        return set(self.ask(op="udp", dst=VIP, port=port, n=n))
 
     def down(self) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
@@ -332,6 +343,45 @@ def check_broken_reload(lab: Lab) -> str:
     return done.stderr
 
 
+CHECK_SCRIPT = """#!/bin/sh
+cat "{dir}/$1" 2>/dev/null || echo missing
+"""
+
+
+def check_udp_send_program_quiesce(lab: Lab) -> str:
+    """A UDP service checked by a send_program, with quiesce_server: a failing server
+    stays in the kernel table with weight 0 and gets no new datagrams."""
+    state = lab.work / "state"
+    state.mkdir(exist_ok=True)
+    script = lab.work / "check.sh"
+    script.write_text(CHECK_SCRIPT.format(dir=state))
+    script.chmod(0o755)
+    for addr in RIPS.values():
+        (state / addr).write_text("ok\n")
+    dns = virtual("dns", 53, server("rs1") + server("rs2"), "udp").replace(
+        '    expect = "rs"\n',
+        f'    quiesce_server = 1\n    send_program = "{script} %h"\n    expect = "ok"\n',
+    )
+    lab.config.write_text(HEAD + WEB + dns)
+    done = lab.reload()
+    assert done.returncode == 0, done.stderr
+
+    def udp(name: str, weight: int) -> str:
+        return f"-a -u {VIP}:53 -r {RIPS[name]}:53 -m -w {weight}"
+
+    lab.wait_table(lambda t: udp("rs1", 1) in t and udp("rs2", 1) in t, "both UDP servers in")
+    assert lab.udp_names() == {"rs1", "rs2"}
+    (state / RIPS["rs2"]).write_text("fail\n")
+    seen = lab.wait_table(lambda t: udp("rs2", 0) in t, "rs2 quiesced (weight 0)")
+    assert lab.udp_names() == {"rs1"}
+    (state / RIPS["rs2"]).write_text("ok\n")
+    lab.wait_table(lambda t: udp("rs2", 1) in t, "rs2 back at weight 1")
+    lab.config.write_text(HEAD + WEB)
+    done = lab.reload()
+    assert done.returncode == 0, done.stderr
+    return seen
+
+
 def check_sigkill_adopt(lab: Lab) -> str:
     before = table()
     sport, _name = lab.ask(op="hold", dst=VIP, port=80)
@@ -369,6 +419,7 @@ def run_checks(r, workdir: Path) -> None:
         r.run("daemon-server-reenters", check_reenters, lab)
         r.run("daemon-reload", check_reload, lab)
         r.run("daemon-broken-reload", check_broken_reload, lab)
+        r.run("daemon-udp-send-program-quiesce", check_udp_send_program_quiesce, lab)
         r.run("daemon-sigkill-adopt", check_sigkill_adopt, lab)
         r.run("daemon-stop-remove", check_stop_remove, lab)
     finally:
