@@ -48,6 +48,7 @@ log = logging.getLogger("lvs-router")
 
 EXIT_OK, EXIT_ERRORS = 0, 1
 TICK_S = 1.0
+COUNTERS_MAX_AGE_S = 30.0  # dataplane counters in the metrics: re-read at most this often
 
 
 # --------------------------------------------------------------------------- logging
@@ -188,6 +189,8 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
         self._ready = False
+        self._counters_cache: tuple[float | None, dict] = (None, {})
+        self._counted: Config | None = None
         # every dataplane call runs on this one thread: pyroute2's sync sockets run their
         # own event loop (not usable inside ours), and an XDP compile takes seconds
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dataplane")
@@ -382,7 +385,7 @@ class Daemon:
                 except Exception as err:  # keep ticking: the next tick may succeed
                     _log(logging.WARNING, "dataplane upkeep failed", error=err)
             if self.metrics is not None and self.metrics.due():
-                self.metrics.update(await self.status())
+                self.metrics.update(await self.status(counters_max_age_s=COUNTERS_MAX_AGE_S))
 
     # ------------------------------------------------------------------ reload
 
@@ -484,16 +487,27 @@ class Daemon:
             return await self.reload()
         return {"ok": False, "error": f"unknown command {cmd!r} (status, reload)"}
 
-    async def status(self) -> dict[str, Any]:
+    async def _counters(self, max_age_s: float) -> dict:
+        """Dataplane counters, re-read when older than ``max_age_s`` (reading a large
+        IPVS table is a netlink dump per service: metrics ask for it less often)."""
+        now = self.clock()
+        taken, counters = self._counters_cache
+        if taken is not None and now - taken <= max_age_s and self.config is self._counted:
+            return counters
+        try:
+            counters = await self._call(self.backend.counters, self.config) if self.backend else {}
+        except Exception as err:  # status must answer even when the dataplane does not
+            _log(logging.WARNING, "counters unavailable", error=err)
+            counters = {}
+        self._counters_cache, self._counted = (now, counters), self.config
+        return counters
+
+    async def status(self, *, counters_max_age_s: float = 0.0) -> dict[str, Any]:
         """The whole state as plain data: what ``lvs-router status`` shows."""
         assert self.director is not None and self.config is not None
         d, config = self.director, self.config
         health = {(h.virtual, h.server): h for h in self.monitor.snapshot()} if self.monitor else {}
-        try:
-            counters = await self._call(self.backend.counters, config) if self.backend else {}
-        except Exception as err:  # status must answer even when the dataplane does not
-            _log(logging.WARNING, "counters unavailable", error=err)
-            counters = {}
+        counters = await self._counters(counters_max_age_s)
         desired = d.desired()
         virtuals = []
         for vs in config.active_virtuals:
