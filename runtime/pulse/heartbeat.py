@@ -88,7 +88,7 @@ class _Counts:
 
 @dataclass(frozen=True, slots=True)
 class _DropStaleVips:
-    """The worker's first job when starting inactive (see Pulse._drop_stale_vips)."""
+    """Give up the VIPs found at start (see Pulse._adopt_vips)."""
 
 
 def _noop() -> Callback:
@@ -155,6 +155,8 @@ class Pulse:
         self.machine: Machine | None = None
         self.vips: tuple[VipSpec, ...] = ()
         self.held: list[VipSpec] = []
+        self.adopted: list[VipSpec] = []  # found up at start, kept until decided
+        self._drop_queued = False
         self.paths: list[_Path] = []
         self.counts = _Counts()
         self._work: asyncio.Queue[machine.Action | _DropStaleVips | None] = asyncio.Queue()
@@ -192,7 +194,7 @@ class Pulse:
             if settings.backup_active:
                 self._open_sockets(addrs)
             if not self.forceactive:
-                self._work.put_nowait(_DropStaleVips())  # first, before any activation
+                await self._adopt_vips()
             self._execute(self.machine.start(self.clock()))
             if self._exit:
                 raise self._exit
@@ -223,6 +225,7 @@ class Pulse:
             self._wake.set()
             return
         self._execute(self.machine.stop(self.clock(), clean and self.shutdown_heartbeat))
+        self._release_adopted()
         self._stopping = True
         self._wake.set()
         await self._stopped.wait()
@@ -231,6 +234,7 @@ class Pulse:
         """The director died (piranha's SIGCHLD for lvsd, §3.6)."""
         if self.machine is not None:
             self._execute(self.machine.child_failed(self.clock()))
+            self._release_adopted()
             self._wake.set()
 
     def status(self) -> Status:
@@ -251,7 +255,7 @@ class Pulse:
             last_heartbeat_age=age,
             link_fail=bool(m and m.link_fail),
             child_fail=bool(m and m.child_fail),
-            vips=tuple(str(v.address) for v in self.held),
+            vips=tuple(str(v.address) for v in [*self.held, *self.adopted]),
             heartbeats_sent=self.counts.sent,
             garps_sent=self.counts.garps,
             packets=self.verifier.counters.snapshot(),
@@ -323,6 +327,7 @@ class Pulse:
             log.warning("heartbeat from %s rejected: %s", source, result.value)
             return
         self._execute(self.machine.receive(result, self.clock()))
+        self._release_adopted()
         self._wake.set()
 
     def _send_heartbeat(self, running: bool) -> None:
@@ -402,6 +407,7 @@ class Pulse:
 
     async def _activate(self) -> None:
         self.counts.transitions += 1
+        self.adopted.clear()  # the VIPs below include them
         for spec in self.vips:
             try:
                 await asyncio.to_thread(self.netlink.add, spec)
@@ -420,6 +426,7 @@ class Pulse:
 
     async def _deactivate(self) -> None:
         self.counts.transitions += 1
+        self.adopted.clear()  # removed below with the rest
         self._cancel_garps()
         try:
             await self.on_deactivate()
@@ -433,16 +440,44 @@ class Pulse:
             if spec in self.held:
                 self.held.remove(spec)
 
-    async def _drop_stale_vips(self) -> None:
-        """A router starts inactive, so VIPs found on its devices are left over from
-        a run that was killed; holding them would answer ARP for an address the
-        partner now owns. (piranha left such aliases up.)"""
+    async def _adopt_vips(self) -> None:
+        """VIPs already up at start were left by a run that died (a daemon restart, a
+        crash). We keep them — and the dataplane keeps forwarding — until the state
+        machine decides: activation keeps them; a partner heard RUNNING (it owns the
+        addresses now), a link failure, or stop removes them. So restarting the
+        active router's daemon costs no outage, and a primary returning long after
+        a crash still does not fail back. (piranha left such aliases up for good.)"""
         for spec in self.vips:
             try:
-                if await asyncio.to_thread(self.netlink.remove, spec):
-                    log.warning("removed stale VIP %s from %s", spec.address, spec.device)
+                if await asyncio.to_thread(self.netlink.present, spec):
+                    self.adopted.append(spec)
+                    log.warning("%s is already up on %s: kept until decided", spec.address,
+                                spec.device)  # fmt: skip
             except Exception as e:
                 log.error("cannot check %s on %s: %s", spec.address, spec.device, e)
+
+    def _release_adopted(self) -> None:
+        """Queue the removal of adopted VIPs once they are known not to be ours."""
+        m = self.machine
+        if not self.adopted or self._drop_queued or m is None or m.active:
+            return
+        if m.peer is machine.Peer.RUNNING or m.link_fail or m.child_fail or m.stopped:
+            self._drop_queued = True
+            self._work.put_nowait(_DropStaleVips())
+
+    async def _drop_stale_vips(self) -> None:
+        self._drop_queued = False
+        if self.machine is not None and self.machine.active:
+            self.adopted.clear()  # activated meanwhile: they are held now
+            return
+        for spec in list(self.adopted):
+            try:
+                if await asyncio.to_thread(self.netlink.remove, spec):
+                    log.warning("removed VIP %s from %s: the partner holds it", spec.address,
+                                spec.device)  # fmt: skip
+            except Exception as e:
+                log.error("cannot remove %s from %s: %s", spec.address, spec.device, e)
+        self.adopted.clear()
 
     def _cancel_garps(self) -> None:
         for t in self._garps:
@@ -503,6 +538,7 @@ class Pulse:
                 log.warning("link down: %s", ", ".join(down))
             assert self.machine is not None
             self._execute(self.machine.links(ok, self.clock()))
+            self._release_adopted()
             self._wake.set()
 
         await watcher.run(changed)

@@ -253,3 +253,24 @@ def test_heartbeat_path_cut_one_way(topology: Topology, tmp_path: Path) -> None:
     a.proc.wait(10)
     assert a.proc.stderr is not None
     assert "partner active: resending arps" in a.proc.stderr.read()
+
+
+def test_restarted_single_router_keeps_the_vips_it_finds(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """A single router (backup_active = 0, §3.4) activates deadtime after start. Its
+    pulse killed and restarted, the VIP it finds up is kept while it decides, so the
+    address never disappears: the dataplane keeps serving across the restart."""
+    s = segment(topology)
+    path = config(tmp_path / "lvs.cf", pub=NET, keepalive=0.2, deadtime=1.0, backup_active=0)
+    a = PulseProc(s.a, path, *GARP)
+    a.expect("active")
+    assert wait_until(lambda: has_vip(s.a))
+    a.kill()
+    a2 = PulseProc(s.a, path, *GARP)
+    assert a2.expect("ready") == "ready master"
+    deadline = time.monotonic() + 20
+    while "active" not in a2.drain():
+        assert time.monotonic() < deadline, f"never activated: {a2.seen}"
+        assert has_vip(s.a) and answers(s) == "ra"
+    assert has_vip(s.a)
