@@ -358,9 +358,14 @@ class Daemon:
 
     async def _apply(self) -> list[str]:
         assert self.backend is not None and self.director is not None
+        started = time.monotonic()
         changes = await self._call(self.backend.apply, self.director.desired())
         for c in changes:
             _log(logging.INFO, "dataplane", change=c)
+        took = time.monotonic() - started
+        _log(logging.DEBUG, "dataplane synced", took_ms=round(took * 1000, 1))
+        if self.metrics is not None:
+            self.metrics.observe_sync(took)
         return changes
 
     async def _applier(self) -> None:

@@ -16,7 +16,8 @@ Metrics (labels ``virtual``, ``server``):
   per virtual and per real server (``server=""`` for the virtual);
 * ``lvs_router_reloads_total{outcome="ok"|"failed"}``;
 * ``lvs_router_check_duration_seconds`` (histogram) and
-  ``lvs_router_check_results_total{result="ok"|"failed"}`` per virtual, every check.
+  ``lvs_router_check_results_total{result="ok"|"failed"}`` per virtual, every check;
+* ``lvs_router_dataplane_sync_seconds`` (histogram): each reconcile of the dataplane.
 """
 
 from __future__ import annotations
@@ -113,6 +114,12 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30),
         )
+        self.sync = Histogram(
+            f"{PREFIX}_dataplane_sync_seconds",
+            "time to bring the dataplane in line with a new decision",
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
         self.results = Counter(
             f"{PREFIX}_check_results",
             "health check results",
@@ -136,6 +143,9 @@ class Metrics:
         if latency is not None:
             self.latency.labels(virtual).observe(latency)
         self.results.labels(virtual, "ok" if ok else "failed").inc()
+
+    def observe_sync(self, seconds: float) -> None:
+        self.sync.observe(seconds)
 
     def reloaded(self, ok: bool) -> None:
         self.reloads["ok" if ok else "failed"] += 1

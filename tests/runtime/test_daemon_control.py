@@ -214,6 +214,7 @@ def test_metrics_endpoint_serves_states_checks_traffic_and_reloads() -> None:
         m.update(STATUS)
         m.observe_check("web", "a", True, 0.002)
         m.observe_check("web", "b", False, 0.0004)
+        m.observe_sync(0.02)
         m.reloaded(True)
         m.reloaded(False)
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
@@ -229,6 +230,7 @@ def test_metrics_endpoint_serves_states_checks_traffic_and_reloads() -> None:
     assert 'lvs_router_check_results_total{result="failed",virtual="web"} 1.0' in text
     assert 'lvs_router_check_duration_seconds_count{virtual="web"} 2.0' in text
     assert 'lvs_router_reloads_total{outcome="failed"} 1.0' in text
+    assert "lvs_router_dataplane_sync_seconds_count 1.0" in text
     assert 'lvs_router_sorry_server_active{virtual="web"} 0.0' in text
 
 
