@@ -79,6 +79,12 @@ class IPVSState:
     services: tuple[Service, ...] = ()
     timeouts: Timeouts | None = None
     daemons: tuple[SyncDaemon, ...] | None = None
+    # a hint, not part of the value: (base, positions) when ``services`` is the tuple
+    # ``base`` with only those positions holding other objects (DesiredTable sets it),
+    # so that SyncedTable.diff need not look at the other positions at all
+    basis: tuple[tuple[Service, ...], tuple[int, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 # --------------------------------------------------------------------------- overrides
@@ -211,7 +217,8 @@ class DesiredTable:
         rebuilt = {service_key(s): s for s in desired_state(sub, overrides, self._role).services}
         for i in positions:
             services[i] = rebuilt[service_key(services[i])]
-        self._state = replace(self._state, services=tuple(services))
+        base = self._state.services
+        self._state = replace(self._state, services=tuple(services), basis=(base, tuple(positions)))
         return self._state
 
 
@@ -510,7 +517,7 @@ class SyncedTable:
 
     def diff(self, desired: IPVSState) -> Plan:
         """The operations :func:`reconcile` would give against the current kernel table."""
-        found = self._aligned(desired.services)
+        found = self._aligned(desired.services, desired.basis)
         groups = _Groups()
         if found is not None:
             changed, deleted, keys = found, (), None
@@ -528,15 +535,26 @@ class SyncedTable:
         ops.extend(_daemons(desired.daemons, self._daemons))
         return Plan(tuple(ops), desired, tuple(changed), deleted, keys)
 
-    def _aligned(self, services: tuple[Service, ...]) -> list[tuple[tuple, Service]] | None:
+    def _aligned(
+        self,
+        services: tuple[Service, ...],
+        basis: tuple[tuple[Service, ...], tuple[int, ...]] | None,
+    ) -> list[tuple[tuple, Service]] | None:
         """The changed (key, service) pairs when ``services`` has the last keys in the
-        last order; ``None`` when it does not (or nothing was committed yet)."""
+        last order; ``None`` when it does not (or nothing was committed yet).
+
+        With a ``basis`` hint whose base is the last committed tuple, only the hinted
+        positions are looked at: O(changed), not even a pass over the table."""
         last = self._last
         if last is None or len(services) != len(last):
             return None
+        if basis is not None and basis[0] is last:
+            candidates: Iterable[int] = basis[1]
+        else:
+            candidates = compress(range(len(services)), map(is_not, services, last))
         changed = []
         last_keys = self._last_keys
-        for i in compress(range(len(services)), map(is_not, services, last)):
+        for i in candidates:
             new = services[i]
             key = service_key(new)
             if key != last_keys[i]:
