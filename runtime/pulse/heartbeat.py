@@ -444,9 +444,10 @@ class Pulse:
         """VIPs already up at start were left by a run that died (a daemon restart, a
         crash). We keep them — and the dataplane keeps forwarding — until the state
         machine decides: activation keeps them; a partner heard RUNNING (it owns the
-        addresses now), a link failure, or stop removes them. So restarting the
-        active router's daemon costs no outage, and a primary returning long after
-        a crash still does not fail back. (piranha left such aliases up for good.)"""
+        addresses now), a link failure, or stop removes them. So a restart never
+        takes an address away before another router holds it, and a primary that
+        returns after a crash still does not fail back. (piranha left such aliases
+        up for good.)"""
         for spec in self.vips:
             try:
                 if await asyncio.to_thread(self.netlink.present, spec):
