@@ -115,3 +115,13 @@ def test_a_router_that_is_neither_primary_nor_backup_cannot_bind(
     with inside(router), pytest.raises(PulseExit, match="cannot create heartbeat socket"):
         asyncio.run(pulse.run())
     assert pulse.role is not None and pulse.role.value == "backup"
+
+
+def test_no_active_virtual_means_nothing_to_do(topology: Topology, tmp_path: Path) -> None:
+    """§3.2 step 3: "pulse: no active lvs services defined in …" — and it exits."""
+    _peer, router = pair(topology)
+    cf = config(tmp_path / "lvs.cf")
+    cf.write_text(cf.read_text().replace("  active = 1\n  address", "  active = 0\n  address"))
+    pulse = Pulse(compile_file(str(cf)).config, netlink=Netlink(netns=router.name))
+    with inside(router), pytest.raises(PulseExit, match="no active lvs services defined"):
+        asyncio.run(pulse.run())
