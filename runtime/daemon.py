@@ -132,6 +132,7 @@ class Options:
     metrics: tuple[str, int] | None = ("127.0.0.1", 9539)
     on_stop: str = "keep"  # keep | remove
     concurrency: int = 512
+    verify_interval_s: float = 0.0  # IPVS: re-read and repair the whole table; 0 = never
 
 
 class ConfigError(Exception):
@@ -282,12 +283,18 @@ class Daemon:
         if d is None:
             return
         changed = d.server_event(ev.virtual, ev.server, ev.up, ev.weight, ev.reason, self.clock())
+        fields: dict[str, object] = {"virtual": ev.virtual, "server": ev.server}
+        if ev.up:
+            fields["weight"] = ev.weight if ev.weight is not None else "configured"
+        elif (
+            d.health((ev.virtual, ev.server)) is not None
+            and d.placement((ev.virtual, ev.server)).present
+        ):
+            fields["quiesced"] = "weight 0"
         _log(
             logging.INFO if changed else logging.DEBUG,
             f"server {'up' if ev.up else 'down'}",
-            virtual=ev.virtual,
-            server=ev.server,
-            weight=ev.weight if ev.weight is not None else "configured",
+            **fields,
             reason=ev.reason,
         )
         if changed:
@@ -381,12 +388,19 @@ class Daemon:
                     self._dirty.set()  # try again (the reconciler re-reads first)
 
     async def _ticker(self) -> None:
+        verified = self.clock()
+        every = self.opts.verify_interval_s
         while True:
             await asyncio.sleep(TICK_S)
             async with self._lock:
                 try:
                     for c in await self._call(self.backend.tick):
                         _log(logging.INFO, "dataplane", change=c)
+                    verify = getattr(self.backend, "verify", None)
+                    if every > 0 and verify is not None and self.clock() - verified >= every:
+                        verified = self.clock()
+                        for c in await self._call(verify):
+                            _log(logging.WARNING, "dataplane changed behind our back", change=c)
                 except Exception as err:  # keep ticking: the next tick may succeed
                     _log(logging.WARNING, "dataplane upkeep failed", error=err)
             if self.metrics is not None and self.metrics.due():

@@ -88,6 +88,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "or remove our services",
     )
     r.add_argument("--concurrency", type=int, default=512, help="checks in flight at most")
+    r.add_argument(
+        "--verify-interval",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="IPVS: every SECONDS re-read the whole kernel table and repair what someone "
+        "else changed (0, the default: never; a large table takes long to read)",
+    )
     r.add_argument("-v", "--verbose", action="store_true", help="log every check event")
 
     for name, what in (
@@ -124,6 +132,7 @@ def run_command(args: argparse.Namespace) -> int:
             metrics=args.metrics,
             on_stop=args.on_stop,
             concurrency=args.concurrency,
+            verify_interval_s=args.verify_interval,
         )
         return run(opts, verbose=args.verbose)
 
