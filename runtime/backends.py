@@ -233,6 +233,8 @@ class XdpBackend:
         from dataplane.xdp import XdpDataplane
 
         p = self._plan(config)
+        if self._dp is not None and self._pending is None and p == self._dp.plan:
+            return  # nothing the program or its maps' layout depend on changed
         try:
             self._pending = XdpDataplane(p, pin_dir=self.pin_dir)
         except Exception as err:  # bcc compile/load failure

@@ -441,7 +441,7 @@ def test_reload_adds_removes_changes_without_disturbing_others(lab: Lab) -> None
     # reload through the control socket: the same file again changes nothing
     done = lab.reload()
     assert done.returncode == 0, done.stderr
-    assert "0 virtual(s) added, 0 removed, 0 changed" in done.stdout
+    assert "0 virtual(s) added, 0 removed, 0 changed; 0 dataplane change(s)" in done.stdout
     assert lab.ask(op="echo", sport=sport, data="again") == "again"
     lab.ask(op="close", sport=sport)
 
