@@ -418,9 +418,14 @@ class HealthMonitor:
                 self._emit(server, observed.change)
             if observed.wants_load and server.load_cmd is not None:
                 self._read_load(server, gen)
-            # the next slot of the grid after this one (or after now, if it overran)
-            now = self._reactor.time()  # type: ignore[union-attr]
-            self._arm(server, server.due if server.due > now else now)
+            # the next slot of the grid (after now, if the check overran its slot)
+            reactor = self._reactor
+            assert reactor is not None
+            due = server.due + server.spec.timeout
+            if due <= reactor.time():
+                due = self._next_slot(server, reactor.time())
+            server.due = due
+            server.timer = reactor.call_at(due, self._fire, server, gen)
         except Exception as err:
             log.exception("health checker of %s/%s died", *server.key)
             if self._on_crash is not None:

@@ -94,6 +94,7 @@ class Nanny:
         "load_monitor",
         "override",
         "thresh",
+        "tick_every",
         "up",
     )
 
@@ -112,6 +113,10 @@ class Nanny:
     def retime(self, *, timeout: int, reentry: int) -> None:
         self.interval = interval_of(timeout)
         self.thresh = count_thresh(reentry, timeout)
+        # a tick when count % tick_every == 0 (every check above 20 s)
+        self.tick_every = (
+            1 if self.interval > weights.TICK_SECONDS else weights.TICK_SECONDS // self.interval
+        )
 
     def configure_weight(self, weight: int) -> Change | None:
         """A new configured weight from a reload (piranha's reload ignored it). While up:
@@ -155,7 +160,8 @@ class Nanny:
             return Observed(Change(False, None, detail or "check failed"), False)
         else:
             self.count = 0
-        if not self.up or not weights.tick_due(self.interval, self.count):
+        # weights.tick_due(), inlined: this runs for every check of every server
+        if not self.up or self.count % self.tick_every:
             return _NOTHING if change is None else Observed(change, False)
         step = weights.slow_start_step(self._weight, self.configured)
         if step is not None:

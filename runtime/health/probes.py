@@ -20,6 +20,7 @@ import contextlib
 import errno
 import ipaddress
 import os
+import select
 import signal
 import socket
 import struct
@@ -139,8 +140,12 @@ class TcpCheck:
             return
         self._connected(err)
 
-    def _on_connect(self) -> None:
-        self._connected(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+    def _on_connect(self, events: int) -> None:
+        # writable without an error flag means connected: skip the getsockopt
+        if events == select.EPOLLOUT:
+            self._connected(0)
+        else:
+            self._connected(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
 
     def _connected(self, err: int) -> None:
         if err:
@@ -163,7 +168,7 @@ class TcpCheck:
         reactor.watch(self.fd, False, self._on_readable)
         self.timer = reactor.call_at(reactor.time() + spec.timeout, self._on_timeout)
 
-    def _on_readable(self) -> None:
+    def _on_readable(self, _events: int) -> None:
         expect = self.spec.expect
         assert expect is not None
         try:

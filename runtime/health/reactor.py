@@ -36,8 +36,10 @@ class Reactor(Protocol):
 
     def call_at(self, when: float, fn: Callable[..., object], *args: object) -> Cancellable: ...
 
-    def watch(self, fd: int, writable: bool, fn: Callable[[], object]) -> None:
-        """Call ``fn`` once when ``fd`` is writable (or readable); the watch then ends."""
+    def watch(self, fd: int, writable: bool, fn: Callable[[int], object]) -> None:
+        """Call ``fn`` once when ``fd`` is writable (or readable); the watch then ends.
+        ``fn`` gets the epoll event mask when known (``EPOLLOUT`` alone: a connect
+        succeeded), else 0."""
 
     def forget(self, fd: int) -> None:
         """Drop a pending watch (before the socket is closed)."""
@@ -58,10 +60,10 @@ class LoopReactor:
     def call_at(self, when: float, fn: Callable[..., object], *args: object) -> Cancellable:
         return self.loop.call_at(when, fn, *args)
 
-    def watch(self, fd: int, writable: bool, fn: Callable[[], object]) -> None:
+    def watch(self, fd: int, writable: bool, fn: Callable[[int], object]) -> None:
         def once() -> None:
             self.forget(fd)
-            fn()
+            fn(0)
 
         self.watching[fd] = writable
         (self.loop.add_writer if writable else self.loop.add_reader)(fd, once)
@@ -107,7 +109,7 @@ class FastReactor:
         self._firing = False
         self._epoll = select.epoll()
         self._registered: set[int] = set()
-        self._callbacks: dict[int, Callable[[], object]] = {}
+        self._callbacks: dict[int, Callable[[int], object]] = {}
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def close(self) -> None:
@@ -150,23 +152,23 @@ class FastReactor:
             while keys and keys[0] <= limit:
                 for timer in buckets.pop(heapq.heappop(keys)):
                     if not timer.cancelled:
-                        self._run(timer.fn, timer.args)
+                        try:
+                            timer.fn(*timer.args)
+                        except Exception as err:
+                            self._failed(err)
         finally:
             self._firing = False
             if keys:
                 self._arm(keys[0])
 
-    def _run(self, fn: Callable[..., object], args: tuple) -> None:
-        try:
-            fn(*args)
-        except Exception as err:
-            self.loop.call_exception_handler(
-                {"message": "health check callback failed", "exception": err}
-            )
+    def _failed(self, err: Exception) -> None:
+        self.loop.call_exception_handler(
+            {"message": "health check callback failed", "exception": err}
+        )
 
     # -- sockets
 
-    def watch(self, fd: int, writable: bool, fn: Callable[[], object]) -> None:
+    def watch(self, fd: int, writable: bool, fn: Callable[[int], object]) -> None:
         mask = _ONESHOT_OUT if writable else _ONESHOT_IN
         if fd in self._registered:
             try:
@@ -189,7 +191,10 @@ class FastReactor:
 
     def _ready(self) -> None:
         callbacks = self._callbacks
-        for fd, _ in self._epoll.poll(0, 4096):
+        for fd, events in self._epoll.poll(0, 4096):
             fn = callbacks.pop(fd, None)
             if fn is not None:
-                self._run(fn, ())
+                try:
+                    fn(events)
+                except Exception as err:
+                    self._failed(err)

@@ -59,14 +59,14 @@ def test_watches_are_one_shot_and_forgettable() -> None:
             a, b = socket.socketpair()
             a.setblocking(False)
             seen: list[str] = []
-            reactor.watch(a.fileno(), True, lambda s=seen: s.append("writable"))
+            reactor.watch(a.fileno(), True, lambda _ev, s=seen: s.append("writable"))
             await asyncio.sleep(0.02)
-            reactor.watch(a.fileno(), False, lambda s=seen: s.append("readable"))
+            reactor.watch(a.fileno(), False, lambda _ev, s=seen: s.append("readable"))
             await asyncio.sleep(0.02)
             assert seen == ["writable"]  # nothing to read yet, and writable fired once
             b.send(b"x")
             await asyncio.sleep(0.02)
-            reactor.watch(a.fileno(), False, lambda s=seen: s.append("again"))
+            reactor.watch(a.fileno(), False, lambda _ev, s=seen: s.append("again"))
             reactor.forget(a.fileno())
             await asyncio.sleep(0.02)
             a.close()
