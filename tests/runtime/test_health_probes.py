@@ -334,3 +334,10 @@ def test_program_runs_without_a_shell(tmp_path: Path) -> None:
     r = run(probe(program((echo, "$HOME", "a;b", "*"), b"$HOME|a;b|*|")))
     assert r.ok, r
     assert os.environ.get("HOME") != "$HOME"
+
+
+def test_program_stdin_is_empty_and_stderr_is_not_output(tmp_path: Path) -> None:
+    body = 'echo "$(readlink /proc/$$/fd/0) $(readlink /proc/$$/fd/2)"\necho noise >&2\n'
+    chk = script(tmp_path, "io.sh", body)
+    r = run(probe(program((chk,), b"/dev/null /dev/null")))
+    assert r.ok, r
