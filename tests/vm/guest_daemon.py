@@ -42,6 +42,7 @@ NAMES = [
     "daemon-broken-reload",
     "daemon-udp-send-program-quiesce",
     "daemon-sigkill-adopt",
+    "daemon-verify-repairs",
     "daemon-stop-remove",
 ]
 
@@ -397,9 +398,19 @@ def check_sigkill_adopt(lab: Lab) -> str:
     return before
 
 
-def check_stop_remove(lab: Lab) -> str:
+def check_verify_repairs(lab: Lab) -> str:
+    """--verify-interval: a destination deleted behind the daemon's back comes back."""
     lab.stop()
-    lab.start("--on-stop", "remove")
+    lab.start("--on-stop", "remove", "--verify-interval", "1")
+    before = lab.wait_table(lambda t: dest("rs1") in t and dest("rs2") in t, "both in")
+    # (this may be repaired before we could even look: the deletion succeeding is the proof)
+    run("ipvsadm", "-d", "-t", f"{VIP}:80", "-r", f"{RIPS['rs1']}:80")
+    lab.wait_table(lambda t: t == before, "the table is repaired")
+    assert "changed behind our back" in lab.log(), lab.log()
+    return before
+
+
+def check_stop_remove(lab: Lab) -> str:
     code = lab.stop()
     assert code == 0, lab.log()
     seen = table()
@@ -421,6 +432,7 @@ def run_checks(r, workdir: Path) -> None:
         r.run("daemon-broken-reload", check_broken_reload, lab)
         r.run("daemon-udp-send-program-quiesce", check_udp_send_program_quiesce, lab)
         r.run("daemon-sigkill-adopt", check_sigkill_adopt, lab)
+        r.run("daemon-verify-repairs", check_verify_repairs, lab)
         r.run("daemon-stop-remove", check_stop_remove, lab)
     finally:
         lab.down()
