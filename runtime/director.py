@@ -11,7 +11,9 @@ Rules, after piranha 0.8.6 (spec §4.5-§4.8) with its reload bugs fixed:
 
 * A server nobody has checked yet is *unknown*: it keeps what the dataplane had when
   the daemon started (so a restart after SIGKILL drops no connection), and is out
-  when there was nothing to adopt (nanny adds a server on its first good check).
+  when there was nothing to adopt (nanny adds a server on its first good check). An
+  adopted server that passes its first check keeps its weight while slow start
+  climbs from below it: it was serving all along.
 * Up: in, with the event's weight (slow start, load monitor) or the configured one.
 * Down: out, or in with weight 0 when the virtual has ``quiesce_server = 1`` and the
   server has been in (existing connections stay, no new ones); as under nanny, a
@@ -71,6 +73,8 @@ class ServerState:
     since: float | None = None  # ``now`` of the last change
     crashed: bool = False  # its checker died with hard_shutdown = 0: frozen
     was_in: bool = False  # has been in the dataplane: only such a server is quiesced
+    # an adopted server's weight, kept while slow start ramps up below it
+    floor: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,8 +157,15 @@ class Director:
         if old.health is not health or old.weight != weight or old.reason != reason:
             since = now if old.health is not health else old.since
             was_in = old.was_in or up or before.present
+            floor = None
+            if up and old.health is Health.UNKNOWN and before.live:
+                floor = before.weight  # adopted and serving: no slow start from scratch
+            elif up and old.floor is not None:
+                floor = old.floor
+            if floor is not None and (weight is None or weight >= floor):
+                floor = None  # the ramp has caught up
             self.states[key] = ServerState(
-                health, weight if up else None, reason, since, was_in=was_in
+                health, weight if up else None, reason, since, was_in=was_in, floor=floor
             )
         return self.placement(key) != before
 
@@ -199,7 +210,8 @@ class Director:
         vs, rs = self._servers[key]
         st = self.states[key]
         if st.health is Health.UP:
-            return Placement(True, rs.weight if st.weight is None else st.weight)
+            weight = rs.weight if st.weight is None else st.weight
+            return Placement(True, weight if st.floor is None else max(weight, st.floor))
         if st.health is Health.DOWN:
             return Placement(True, 0) if vs.quiesce_server and st.was_in else OUT
         return self.adopted.get(key, OUT)

@@ -119,6 +119,24 @@ def test_an_adopted_server_that_fails_is_quiesced() -> None:
     assert d.placement(("dns", "a")) == Placement(True, 0)
 
 
+def test_an_adopted_server_keeps_its_weight_while_slow_start_climbs_below_it() -> None:
+    d = Director(cfg(wa=8), adopted={("web", "a"): Placement(True, 8)})
+    assert not d.server_event("web", "a", True, 1, "first good check, entered", now=1.0)
+    assert d.placement(("web", "a")) == Placement(True, 8)
+    assert not d.server_event("web", "a", True, 4, "slow start: weight 4", now=2.0)
+    d.server_event("web", "a", True, None, "slow start: weight 8", now=3.0)
+    assert d.states[("web", "a")].floor is None  # caught up: load figures rule again
+    assert d.server_event("web", "a", True, 3, "load 2.5: weight 3", now=4.0)
+    assert d.placement(("web", "a")) == Placement(True, 3)
+
+
+def test_a_server_that_failed_after_adoption_slow_starts_normally() -> None:
+    d = Director(cfg(wa=8), adopted={("web", "a"): Placement(True, 8)})
+    d.server_event("web", "a", False, None, "refused", now=1.0)
+    d.server_event("web", "a", True, 1, "re-entered", now=2.0)
+    assert d.placement(("web", "a")) == Placement(True, 1)
+
+
 def test_events_for_unknown_servers_are_ignored() -> None:
     d = Director(cfg())
     assert not d.server_event("web", "off", True, None, "ok", now=1.0)
