@@ -419,6 +419,9 @@ class Daemon:
         _log(logging.INFO, "reloading", config=self.opts.config)
         try:
             result = await self._reload()
+        except Exception as err:  # a bug must not leave the caller without an answer
+            log.exception("reload failed unexpectedly")
+            result = self._reload_failed(f"error: reload failed unexpectedly: {err!r}")
         finally:
             sd_notify("READY=1")
         if self.metrics is not None:
