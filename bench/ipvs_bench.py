@@ -1,22 +1,38 @@
 """IPVS dataplane benchmark, in a VM kernel: apply N services x 10 real servers from an
-empty table, then one weight change, against ``ipvsadm-restore`` of the same table.
+empty table, then single changes, against ``ipvsadm-restore`` of the same table.
 
     python bench/ipvs_bench.py [--services N] [--dests D]
 
 boots the Debian kernel with virtme-ng (as tests/vm does; TCG, no KVM here) and runs
-itself inside with ``--guest``. Prints a JSON line of timings and ratios; no
-assertions (figures go to docs/performance.md, "IPVS dataplane").
+itself inside with ``--guest``. Prints a JSON line of timings and ratios; the asserts
+check the results (exact operations, read-back equal to the desired table), the
+times are not asserted (figures go to docs/performance.md, "IPVS dataplane").
+
+Every contender starts from a fresh, empty IPVS table in its own network namespace
+(IPVS state is per namespace): not one table flushed between runs, because the kernel
+keeps deleted destinations in a trash list for two to three minutes and walks it on
+every destination add (see :func:`guest`).
 
 What is timed, in seconds of wall clock inside the VM:
-- ``restore_s``: ``ipvsadm-restore`` (flush + ``ipvsadm -R``) of the table's text;
-- ``apply_s``: read the (empty) kernel table, reconcile, apply every operation
-  (``IPVSKernel.apply`` with ``converge``'s window: 64 requests per write, then their
-  acks); ``apply_window1_s`` the same one request and ack at a time (N <= 1000 only);
-- ``verify_read_s``: reading the full table back (one GET_DEST dump per service);
-- ``change_diff_apply_s``: one weight change as the daemon does it, diffing against
-  the state it holds (no kernel read) and applying the single ``-e``;
-- ``change_converge_s``: the same change through ``converge`` (full read, diff,
-  apply, full read-back) — what ``lvs-router apply`` costs (N <= 1000 only).
+- ``restore_s``, ``restore2_s``: ``ipvsadm-restore`` of the table's text, before and
+  after ours (the load of the shared machine varies); ``ipvsadm_save_s``: ``-S -n``;
+- ``apply_s``: the daemon's start on an empty table, ``Reconciler.adopt()`` +
+  ``sync(table)`` (64 requests per write); ``apply_vs_restore`` divides it by the
+  faster baseline run; ``apply_window1_s``: one request and ack at a time (N <= 1000);
+- ``read_s``: reading the whole table back (``read(stats=False)``: one GET_DEST dump
+  per service), ``read_stats_s`` with every counter;
+- ``change_sync_*``: one weight change through ``Reconciler.sync`` (diff against the
+  held table, one ``-e`` request, its ack), the desired state reusing the unchanged
+  ``Service`` objects; ``change_sync_rebuilt_median_s`` with a desired state built
+  from scratch (equal, new objects: one ``==`` per service);
+- ``change_e2e_*`` / ``down_e2e_*``: the daemon's whole path from a health-check event:
+  new ``Overrides`` (a weight, a server down), ``DesiredTable.state`` rebuilding the one
+  service, ``Reconciler.sync``; medians and maxima of 21;
+- ``desired_table_build_s`` (``desired_state`` of the config, once), ``adopt_s``,
+  ``verify_s`` (full read and diff), ``verify_repair_s`` (two changes made with
+  ipvsadm behind the daemon's back, repaired);
+- ``change_converge_s``: a change through ``converge`` (full read, diff, apply, full
+  read-back) — what ``lvs-router apply`` costs (N <= 1000 only).
 """
 
 from __future__ import annotations
