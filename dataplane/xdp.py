@@ -120,13 +120,17 @@ class XdpDataplane:
         pin_dir: str | None = PIN_DIR,
         source: str | None = None,
         features: frozenset[str] | None = None,
+        replace_misfits: bool = True,
     ):
+        """``replace_misfits=False`` is for readers (``lvs-router show``): pinned
+        maps are adopted whatever their shape, never replaced."""
         self.plan = plan
         self.pin_dir = pin_dir
         old: dict[str, tuple[int, MapShape]] = {}
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)
-            old = self._unpin_misfits(pin_dir)
+            if replace_misfits:
+                old = self._unpin_misfits(pin_dir)
         self.text = render(plan, pin_dir=pin_dir, source=source, features=features)
         BPF = _bcc()
         try:

@@ -129,7 +129,8 @@ def show_xdp(args: Any) -> int:
     p = _plan(args)
     if p is None:
         return EXIT_ERRORS
-    dp = XdpDataplane(p)  # same program shape: bcc reuses the pinned maps
+    # same program shape: bcc reuses the pinned maps; a reader never replaces them
+    dp = XdpDataplane(p, replace_misfits=False)
     m = dp.maps
     table = Table(title="XDP dataplane counters")
     for col in ("virtual / server", "address", "state", "packets", "bytes", "new flows"):

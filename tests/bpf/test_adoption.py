@@ -116,3 +116,27 @@ def test_size_change_replaces_the_pinned_maps_and_keeps_the_flows(
         third.maps.flows()
     )
     third.close()
+
+
+def test_a_reader_never_replaces_pinned_maps(pin_dir: str) -> None:
+    """`lvs-router show` builds the program only to read the counters: with other
+    sizes in its config it must leave the running program's maps alone."""
+    config = compile_file(str(HERE / "lb.cf")).config
+    first = XdpDataplane(plan(config, SIZES), pin_dir=pin_dir)
+    first.sync(MACS)
+    prog_run(first.prog_fd, tcp_packet("198.18.9.5", "198.18.0.10", 41002, 80, SYN))
+    fd = obj_get(f"{pin_dir}/conntrack")
+    before = map_info(fd)
+    os.close(fd)
+    reader = XdpDataplane(
+        plan(config, dataclasses.replace(SIZES, ct_size=2039)),
+        pin_dir=pin_dir,
+        replace_misfits=False,
+    )
+    assert reader.replaced == []
+    fd = obj_get(f"{pin_dir}/conntrack")
+    assert map_info(fd) == before
+    os.close(fd)
+    assert reader.maps.service_counters(0).packets == 1
+    reader.close()
+    first.close()
