@@ -40,6 +40,7 @@ from runtime.health.monitor import HealthMonitor, ServerEvent  # noqa: E402
 from runtime.health.probes import ProbeResult  # noqa: E402
 
 ADDRESS = "198.18.0.1"
+VETH_SERVER = "198.18.0.2"
 BASE_PORT = 20000
 PER_VIRTUAL = 100
 
@@ -57,7 +58,7 @@ def raise_nofile(need: int) -> None:
 # --------------------------------------------------------------------------- listeners
 
 
-def listeners(count: int, banner: bytes) -> None:
+def listeners(count: int, banner: bytes, bind: str) -> None:
     """``--listen``: one listening socket per port; accept and close (after writing
     ``banner``); on a line ``close PORT`` from stdin, close that listener and print
     ``closed PORT <CLOCK_MONOTONIC>``."""
@@ -67,7 +68,7 @@ def listeners(count: int, banner: bytes) -> None:
     for i in range(count):
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((ADDRESS, BASE_PORT + i))
+        s.bind((bind, BASE_PORT + i))
         s.listen(512)
         s.setblocking(False)
         socks[BASE_PORT + i] = s
@@ -106,13 +107,13 @@ def listeners(count: int, banner: bytes) -> None:
 # --------------------------------------------------------------------------- monitor
 
 
-def model(count: int, expect: bool) -> Config:
+def model(count: int, expect: bool, address: str) -> Config:
     virtuals = []
     for v in range(0, count, PER_VIRTUAL):
         servers = tuple(
             RealServer(
                 name=f"rs{i}",
-                address=IPv4Address(ADDRESS),
+                address=IPv4Address(address),
                 active=True,
                 port=BASE_PORT + i,
             )
@@ -157,13 +158,17 @@ def pct(values: list[float], q: float) -> float:
 async def inner(args: argparse.Namespace) -> dict:
     raise_nofile(args.concurrency * 2 + 1000)
     banner = b"220 bench\r\n" if args.expect else b""
+    netns = ["ip", "netns", "exec", args.listener_netns] if args.listener_netns else []
     proc = await asyncio.create_subprocess_exec(
+        *netns,
         sys.executable,
         __file__,
         "--listen",
         str(args.servers),
         "--banner",
         banner.decode(),
+        "--server-address",
+        args.server_address,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -192,7 +197,7 @@ async def inner(args: argparse.Namespace) -> dict:
                 window["failed"] += 1
 
     mon = HealthMonitor(
-        model(args.servers, args.expect),
+        model(args.servers, args.expect, args.server_address),
         on_event,
         concurrency=args.concurrency,
         observer=observer,
@@ -282,13 +287,32 @@ def outer(args: argparse.Namespace) -> None:
 
     with Topology("hb") as topo:
         ns = topo.netns("health")
-        ns.addr("lo", f"{ADDRESS}/32")
         ns.sysctl("net.core.somaxconn", 4096)
-        cmd = [sys.executable, __file__, "--inner", *sys.argv[1:]]
+        extra = ["--server-address", ADDRESS]
+        if args.veth:
+            # real servers in their own namespace behind a veth; their receive path
+            # steered to CPU 1 (RPS) and the monitor's to CPU 0, the monitor pinned to
+            # CPU 0: the kernel work of the servers' side of each handshake is then
+            # done on the other CPU instead of being charged to the monitor
+            servers = topo.netns("servers")
+            servers.sysctl("net.core.somaxconn", 4096)
+            topo.veth(ns, "eth0", servers, "eth0")
+            ns.addr("eth0", f"{ADDRESS}/24")
+            servers.addr("eth0", f"{VETH_SERVER}/24")
+            servers.run("sh", "-c", "echo 2 > /sys/class/net/eth0/queues/rx-0/rps_cpus")
+            ns.run("sh", "-c", "echo 1 > /sys/class/net/eth0/queues/rx-0/rps_cpus")
+            extra = ["--server-address", VETH_SERVER, "--listener-netns", servers.name]
+        else:
+            ns.addr("lo", f"{ADDRESS}/32")
+        pin = ["taskset", "-c", "0"] if args.veth else []
+        cmd = [*pin, sys.executable, __file__, "--inner", *sys.argv[1:], *extra]
         out = ns.run(*cmd, timeout=args.window + 120)
     result = json.loads(out.strip().splitlines()[-1])
     load = os.getloadavg()[0]
-    print(f"health checks: {result['servers']} real servers, {result['check']}, timeout 1 s")
+    where = "veth + RPS, monitor on CPU 0" if args.veth else "loopback"
+    print(
+        f"health checks: {result['servers']} real servers, {result['check']}, timeout 1 s, {where}"
+    )
     print(f"  machine load average (1 min) at the end: {load:.2f} on {os.cpu_count()} cores")
     print(f"  all servers up after {result['all_up_s']} s")
     print(
@@ -321,12 +345,20 @@ def main() -> None:
     p.add_argument("--fail", type=int, default=100, help="listeners closed to time detection")
     p.add_argument("--concurrency", type=int, default=512)
     p.add_argument("--expect", action="store_true", help="read a '220' banner, not just connect")
+    p.add_argument(
+        "--veth",
+        action="store_true",
+        help="listeners in a second namespace behind a veth, their receive path on the\n"
+        "other CPU (RPS), the monitor pinned to CPU 0",
+    )
     p.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--server-address", default=ADDRESS, help=argparse.SUPPRESS)
+    p.add_argument("--listener-netns", default="", help=argparse.SUPPRESS)
     p.add_argument("--listen", type=int, help=argparse.SUPPRESS)
     p.add_argument("--banner", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.listen is not None:
-        listeners(args.listen, args.banner.encode())
+        listeners(args.listen, args.banner.encode(), args.server_address)
     elif args.inner:
         print(json.dumps(asyncio.run(inner(args))))
     else:

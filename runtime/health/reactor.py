@@ -88,6 +88,7 @@ class _Timer:
 
 _ONESHOT_OUT = select.EPOLLOUT | select.EPOLLONESHOT
 _ONESHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
+_BATCH = 4096  # events per epoll_wait
 
 
 class FastReactor:
@@ -148,6 +149,9 @@ class FastReactor:
         self._firing = True
         keys, buckets = self._keys, self._buckets
         try:
+            # sockets that became ready go first: after a stall (a busy or starved
+            # process) a check whose answer is waiting must not time out
+            self._ready()
             limit = (self.time() + 1e-6) / self.resolution
             while keys and keys[0] <= limit:
                 for timer in buckets.pop(heapq.heappop(keys)):
@@ -191,10 +195,14 @@ class FastReactor:
 
     def _ready(self) -> None:
         callbacks = self._callbacks
-        for fd, events in self._epoll.poll(0, 4096):
-            fn = callbacks.pop(fd, None)
-            if fn is not None:
-                try:
-                    fn(events)
-                except Exception as err:
-                    self._failed(err)
+        while True:
+            ready = self._epoll.poll(0, _BATCH)
+            for fd, events in ready:
+                fn = callbacks.pop(fd, None)
+                if fn is not None:
+                    try:
+                        fn(events)
+                    except Exception as err:
+                        self._failed(err)
+            if len(ready) < _BATCH:
+                return
