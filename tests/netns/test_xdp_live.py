@@ -243,7 +243,7 @@ def test_many_connections_complete_and_follow_the_weighted_table(lab: Lab) -> No
 
 def test_udp_datagrams_follow_the_table(lab: Lab) -> None:
     dns = lab.service("dns")
-    answers = lab.ask(op="udp", src=CLIENTS[1], dst=VIP, port=53, n=60)
+    answers = lab.ask(op="udp", src=CLIENTS[1], dst=VIP, port=53, n=120)
     assert [n for _s, n in answers] == [lab.expected(dns, CLIENTS[1], s) for s, _n in answers]
     assert len({n for _s, n in answers}) == 3
 
@@ -284,7 +284,7 @@ def test_persistence_sends_each_client_to_one_server(lab: Lab) -> None:
 def test_tcp_through_the_ipip_tunnel_and_the_real_servers_decap(lab: Lab) -> None:
     tun = lab.service("tunnelled")
     before = lab.decap.counters()["decapsulated"]
-    conns = lab.ask(op="many", src=CLIENTS[0], dst=VIP_TUN, port=80, n=60)
+    conns = lab.ask(op="many", src=CLIENTS[0], dst=VIP_TUN, port=80, n=120)
     names = [n for _s, n in conns]
     assert names == [lab.expected(tun, CLIENTS[0], s) for s, _n in conns]
     assert set(names) == {"rs1", "rs2", "rs3"}
@@ -293,4 +293,4 @@ def test_tcp_through_the_ipip_tunnel_and_the_real_servers_decap(lab: Lab) -> Non
     assert lab.ask(op="echo", sport=sport, data="through the tunnel") == "through the tunnel"
     lab.ask(op="close", sport=sport)
     # every client packet of those connections was decapsulated (SYN, ACK, data, FIN...)
-    assert lab.decap.counters()["decapsulated"] - before >= 61 * 4
+    assert lab.decap.counters()["decapsulated"] - before >= 121 * 4
