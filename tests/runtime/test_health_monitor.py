@@ -351,3 +351,68 @@ def test_load_monitor_moves_the_weight_through_a_real_command(tmp_path: Path) ->
         asyncio.run(go())
     finally:
         os.environ["PATH"] = old_path
+
+
+def test_concurrency_bounds_the_checks_in_flight() -> None:
+    """Six servers on one listener that never answers, concurrency 2: the listener never
+    holds more than two check connections at once, and every check still runs."""
+
+    async def go() -> tuple[int, int]:
+        open_now, most = 0, 0
+
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal open_now, most
+            open_now += 1
+            most = max(most, open_now)
+            try:
+                await reader.read()  # until the checker resets the connection
+            except ConnectionError:
+                pass
+            finally:
+                open_now -= 1
+                writer.close()
+
+        srv = await asyncio.start_server(hold, HOST, 0)
+        port = srv.sockets[0].getsockname()[1]
+        servers = "".join(server(f"rs{i}", port) for i in range(6))
+        log = Log()
+        cfg = config(virtual("v", servers, port=25, timeout=1, expect='"220"'))
+        mon = HealthMonitor(cfg, log.event, observer=log.check, concurrency=2)
+        await mon.start()
+        try:
+            await log.wait(lambda: all(len(log.checks(f"rs{i}")) >= 1 for i in range(6)))
+        finally:
+            await mon.stop()
+            srv.close()
+        failed = {c[4].detail for i in range(6) for c in log.checks(f"rs{i}")}
+        assert failed == {"read: timed out after 1 s"}
+        return most, len(log.events())
+
+    most, events = asyncio.run(go())
+    assert most == 2
+    assert events == 0  # never up, so never down
+
+
+def test_stop_kills_a_running_send_program(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    path = tmp_path / "hang.sh"
+    path.write_text(f"#!/bin/sh\necho $$ > {pidfile}\nexec sleep 30\n")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+
+    async def go() -> None:
+        cfg = config(
+            virtual(
+                "v", server("rs", 1), port=25, timeout=5, send_program=f'"{path} %h"', expect="OK"
+            )
+        )
+        mon = HealthMonitor(cfg, lambda e: None)
+        await mon.start()
+        for _ in range(200):
+            if pidfile.exists() and pidfile.read_text().strip():
+                break
+            await asyncio.sleep(0.05)
+        await mon.stop()
+
+    asyncio.run(go())
+    pid = int(pidfile.read_text())
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text()
