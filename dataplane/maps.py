@@ -93,7 +93,7 @@ class FlowState(ct.Structure):
         ("real", ct.c_uint32),
         ("addr", ct.c_uint32),
         ("service", ct.c_uint32),
-        ("pad", ct.c_uint32),
+        ("hash", ct.c_uint32),
     ]
 
 

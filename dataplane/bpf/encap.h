@@ -26,7 +26,7 @@ LB_INLINE __u16 ipv4_csum(const struct iphdr *iph)
     return ~sum;
 }
 
-LB_INLINE int forward_tunnel(struct xdp_md *ctx, const struct real *r, const struct packet *p)
+LB_INLINE int forward_tunnel(struct xdp_md *ctx, const struct real *r, __u32 hash)
 {
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
@@ -38,7 +38,7 @@ LB_INLINE int forward_tunnel(struct xdp_md *ctx, const struct real *r, const str
     if (!g)
         return verdict(G_DROP_ENCAP, XDP_DROP);
     __be32 vary = g->tunnel_src_vary;
-    __be32 src = (g->tunnel_src & ~vary) | (flow_hash(&p->flow) & vary);
+    __be32 src = (g->tunnel_src & ~vary) | (hash & vary);
     struct ethhdr *old = data;
     if ((void *)(old + 1) > data_end)
         return verdict(G_DROP_ENCAP, XDP_DROP);

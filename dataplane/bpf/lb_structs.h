@@ -47,7 +47,7 @@ struct flow_state {
     __u32 real;               /* index in reals */
     __be32 addr;              /* that real's address when chosen: stale if it changed */
     __u32 service;            /* index in service_info: stale if it holds another key */
-    __u32 pad;
+    __u32 hash;               /* flow_hash() of the 5-tuple (tunnel outer source), or 0 */
 };
 
 struct persist_key {

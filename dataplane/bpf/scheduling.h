@@ -60,13 +60,20 @@ LB_INLINE __u32 table_lookup(const struct service *svc, const struct packet *p, 
     return id ? *id : 0;
 }
 
-LB_INLINE __u32 schedule_hash(const struct service *svc, const struct packet *p)
+LB_INLINE bool hashes_flow(const struct service *svc)
+{
+    return !(feature_sh() && (svc->flags & SVC_F_HASH_SRC)) &&
+           !(feature_dh() && (svc->flags & SVC_F_HASH_DST)) &&
+           !(feature_persist() && (svc->flags & SVC_F_PERSIST));
+}
+
+LB_INLINE __u32 schedule_hash(const struct service *svc, const struct packet *p, __u32 fh)
 {
     if (feature_sh() && (svc->flags & SVC_F_HASH_SRC))
         return addr_hash(p->flow.saddr);
     if (feature_dh() && (svc->flags & SVC_F_HASH_DST))
         return addr_hash(p->flow.daddr);
-    return flow_hash(&p->flow);
+    return fh;
 }
 
 /* the service a packet is for: (VIP, port, protocol), then (VIP, 0, protocol) when the
@@ -90,10 +97,14 @@ LB_INLINE bool service_matches(const struct service_key *k, const struct packet 
 }
 
 /* A new flow (or a rescheduled one) of svc: persistence template or Maglev table,
- * then a conntrack entry. Fills id and r; returns FURTHER_PROCESSING or a verdict. */
+ * then a conntrack entry, which keeps the flow hash for the tunnel's outer source.
+ * Fills id, r and fh; returns FURTHER_PROCESSING or a verdict. */
 LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 *id,
-                       struct real **r)
+                       struct real **r, __u32 *fh)
 {
+    *fh = (hashes_flow(svc) || (feature_tunnel() && (svc->flags & SVC_F_TUNNEL)))
+              ? flow_hash(&p->flow)
+              : 0;
     __u32 chosen = 0;
     struct real *cr = 0;
     if (feature_persist() && (svc->flags & SVC_F_PERSIST)) {
@@ -118,14 +129,15 @@ LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 
             persist.update(&pk, &fresh);
         }
     } else {
-        chosen = table_lookup(svc, p, schedule_hash(svc, p));
+        chosen = table_lookup(svc, p, schedule_hash(svc, p, *fh));
         cr = chosen ? reals.lookup(&chosen) : 0;
     }
     if (!cr || !cr->addr || (cr->flags & REAL_F_FAILED))
         return verdict(G_DROP_NO_REAL, XDP_DROP);
 
     if (!is_rst(p)) {
-        struct flow_state fresh = {.real = chosen, .addr = cr->addr, .service = svc->index};
+        struct flow_state fresh = {
+            .real = chosen, .addr = cr->addr, .service = svc->index, .hash = *fh};
         conntrack.update((struct flow_key *)&p->flow, &fresh);
     }
     *id = chosen;

@@ -309,6 +309,23 @@ def test_tunnel_udp_encapsulates_in_ipip(lb: Lb) -> None:
     assert out.data == expect_tunnel(packet, real.address, h)
     check_ipv4(out.data[14:])
     check_ipv4(out.data[34:])
+    # the next packet of the flow takes the hash kept in its conntrack entry: same bytes
+    again = lb.run(packet)
+    assert again.data == out.data
+    assert lb.dp.maps.global_counters()["ct_hit"] == 1
+
+
+def test_tunnel_through_an_all_port_fwmark_service(lb: Lb) -> None:
+    """The fwmark service `marked` (tunnel, every port): the outer source comes from
+    the flow hash on the first packet and from the conntrack entry after it."""
+    marked = lb.service("marked")
+    packet = tcp_packet(CLIENT, str(marked.vip), 40100, 8443, SYN)
+    h = flow_hash(IPv4Address(CLIENT), marked.vip, 40100, 8443, TCP)
+    real = real_of(lb, "marked", h)
+    first = lb.run(packet)
+    assert first.data == expect_tunnel(packet, real.address, h)
+    ack = tcp_packet(CLIENT, str(marked.vip), 40100, 8443, ACK)
+    assert lb.run(ack).data == expect_tunnel(ack, real.address, h)
 
 
 def test_tunnel_outer_source_varies_per_flow(lb: Lb) -> None:
