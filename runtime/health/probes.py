@@ -118,7 +118,8 @@ class TcpCheck:
         self.spec = spec
         self.sockaddr = sockaddr
         self.done: Callable[[ProbeResult], object] | None = done
-        self.sock = socket.socket(family, _STREAM)
+        # the C socket type: no Python-level __init__/close wrapper per check
+        self.sock = socket.SocketType(family, _STREAM)
         self.fd = self.sock.fileno()
         self.timer: Cancellable | None = None
         self.phase = "connect"

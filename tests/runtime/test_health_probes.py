@@ -79,7 +79,6 @@ def test_tcp_connect_timeout() -> None:
         filler.connect(lst.getsockname())
         r = run(probe(tcp(lst.getsockname()[1])))
     assert not r.ok and r.detail == "connect: timed out after 1 s"
-    assert r.latency >= 0.9
 
 
 def test_tcp_read_timeout_when_the_server_never_answers() -> None:
@@ -311,7 +310,6 @@ def test_program_that_hangs_is_killed_with_its_children(tmp_path: Path) -> None:
     hang = script(tmp_path, "hang.sh", f"sleep 30 &\necho $$ $! > {pids}\nwait\n")
     r = run(probe(program((hang,), b"OK", timeout=1)))
     assert not r.ok and r.detail == "send_program: killed after 1 s"
-    assert r.latency >= 0.9
     for pid in pids.read_text().split():
         assert not _alive(int(pid)), pid
 
