@@ -209,16 +209,40 @@ class Daemon:
             control = ControlServer(opts.socket, self.handle)
             await control.start()
             self.control = control
-        backend = await self._call(make_backend, opts)
+        await self.open_dataplane(config)
+        await self.start_director(config)
+        if opts.metrics:
+            from .metrics import Metrics
+
+            self.metrics = Metrics()
+            self.metrics.serve(*opts.metrics)
+            self.metrics.update(await self.status())
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self._sighup)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        self._ready = True
+        sd_notify("READY=1\nSTATUS=running")
+        _log(logging.INFO, "ready", socket=opts.socket or "off")
+
+    async def open_dataplane(self, config: Config) -> None:
+        """Make the backend and load ``config`` into it (XDP: compile and attach)."""
+        backend = await self._call(make_backend, self.opts)
         self.backend = backend
         await self._call(backend.load, config)
+
+    async def start_director(self, config: Config) -> None:
+        """piranha's lvs + nanny: adopt what the dataplane holds, start the director,
+        the health checks and the applier (runtime/router.py calls it on activation)."""
+        backend = self.backend
+        assert backend is not None
         adopted = await self._call(backend.adopt, config)
         self.config = config
         self.director = Director(config, adopted)
         _log(
             logging.INFO,
             "starting",
-            config=opts.config,
+            config=self.opts.config,
             dataplane=backend.name,
             virtuals=len(config.active_virtuals),
             servers=len(self.director.managed()),
@@ -230,28 +254,28 @@ class Daemon:
         self.monitor = HealthMonitor(
             config,
             self._on_event,
-            concurrency=opts.concurrency,
+            concurrency=self.opts.concurrency,
             observer=self._on_check,
             on_crash=self._on_crash,
         )
         await self.monitor.start()
-        if opts.metrics:
-            from .metrics import Metrics
-
-            self.metrics = Metrics()
-            self.metrics.serve(*opts.metrics)
-            self.metrics.update(await self.status())
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self._sighup)
-        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
-        loop.add_signal_handler(signal.SIGINT, self._stop.set)
         self._tasks = [
             asyncio.create_task(self._applier(), name="applier"),
             asyncio.create_task(self._ticker(), name="ticker"),
         ]
-        self._ready = True
-        sd_notify("READY=1\nSTATUS=running")
-        _log(logging.INFO, "ready", socket=opts.socket or "off")
+
+    async def stop_director(self) -> None:
+        """Stop checking and applying; the dataplane keeps what it holds."""
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        if self.monitor is not None:
+            await self.monitor.stop()
+            self.monitor = None
+        self.director = None
 
     async def run(self) -> int:
         try:
