@@ -642,6 +642,12 @@ class Reconciler:
     The operations are exactly :func:`~dataplane.reconcile.reconcile`'s against the
     kernel's table. When the kernel refuses one, :class:`ApplyError` propagates and the
     held table is dropped: the next :meth:`sync` reads the kernel first.
+
+    For O(changes) from a health-check event to the kernel, pass the states of a
+    :class:`~dataplane.reconcile.DesiredTable` (``desired.state(overrides)``): it
+    rebuilds only the touched services and tells the diff which ones they are.
+    ``desired_state(config, overrides)`` per event rebuilds all 10,000 services of a
+    large table and makes the diff compare each (docs/performance.md, IPVS).
     """
 
     def __init__(self, kernel: IPVSKernel, *, window: int = WINDOW) -> None:
@@ -667,8 +673,10 @@ class Reconciler:
         if plan.ops:
             try:
                 self._kernel.apply(plan.ops, window=self._window)
-            except IPVSError:
-                self._table = None  # the kernel holds part of the plan: read it next time
+            except BaseException:
+                # the kernel may hold part of the plan (a refusal, or a socket error
+                # between writes): read it again next time
+                self._table = None
                 raise
         table.commit(plan)
         return plan.ops
