@@ -418,43 +418,77 @@ def decode_dest(node: dict[int, bytes], svc_family: int) -> Destination:
     )
 
 
+# the fields DestDecoder reads: name, attribute path, value format (None: the size seen)
+_READ_FIELDS = (
+    ("addr", (D_ADDR,), None),
+    ("port", (D_PORT,), "2s"),
+    ("fwd", (D_FWD_METHOD,), "I"),
+    ("weight", (D_WEIGHT,), "I"),
+    ("family", (D_ADDR_FAMILY,), "H"),
+)
+_READ_STATS_FIELDS = (
+    ("active_conns", (D_ACTIVE_CONNS,), "I"),
+    ("inactive_conns", (D_INACT_CONNS,), "I"),
+    *((name, (D_STATS64, i + 1), "Q") for i, name in enumerate(_STATS_NAMES)),
+)
+
+
 class DestDecoder:
     """Decodes GET_DEST replies, fast once it has seen one.
 
     The kernel writes every destination's attributes in the same order and sizes, so
-    after parsing the first reply generically this learns where the five fields a
-    :class:`Destination` needs sit (address, port, forwarding, weight, family) and
-    reads them, with the message length and those attributes' own length/type
-    headers, in one precompiled ``Struct``. A reply whose length or headers differ
-    from the learned ones (another kernel, a tunnel attribute added) is parsed
-    generically. Counters are not read: this is for ``read(stats=False)``.
+    after parsing the first reply generically this learns where the fields it needs
+    sit (address, port, forwarding, weight, family; with ``stats``, the connection
+    counts and the 64-bit counters too) and reads them, with the message length and
+    those attributes' own length/type headers as checks, in one precompiled
+    ``Struct``. A reply whose length or headers differ from the learned ones (another
+    kernel, a tunnel attribute added) is parsed generically.
     """
 
-    __slots__ = ("_headers", "_layout", "_length")
+    __slots__ = ("_fields", "_headers", "_index", "_layout", "_length", "_stats")
 
-    def __init__(self) -> None:
+    def __init__(self, *, stats: bool = False) -> None:
+        self._stats = stats
+        self._fields = _READ_FIELDS + (_READ_STATS_FIELDS if stats else ())
         self._layout: struct.Struct | None = None
         self._length = 0
         self._headers: tuple[int, ...] = ()
+        self._index: dict[str, int] = {}  # field name -> position of its value
 
     def decode(self, buf: bytes, start: int, end: int, svc_family: int) -> Destination | None:
+        """The destination of one reply (``None`` if it holds none)."""
+        got = self.decode_with_stats(buf, start, end, svc_family)
+        return None if got is None else got[0]
+
+    def decode_with_stats(
+        self, buf: bytes, start: int, end: int, svc_family: int
+    ) -> tuple[Destination, dict[str, int]] | None:
+        """The destination and, with ``stats``, its counters by name (else ``{}``)."""
         layout = self._layout
-        if layout is not None:
-            # (length, hdr, addr, hdr, port, hdr, fwd, hdr, weight, hdr, family)
+        if layout is not None and end - start == self._length:
             v = layout.unpack_from(buf, start)
             if v[0] == self._length and v[1::2] == self._headers:
-                return Destination(
-                    address(v[2], v[10] or AF[svc_family]),
-                    int.from_bytes(v[4], "big"),
-                    FWD_NETWORK.get(v[6] & 0x7, Network.DIRECT),
-                    v[8],
+                at = self._index
+                dest = Destination(
+                    address(v[at["addr"]], v[at["family"]] or AF[svc_family]),
+                    int.from_bytes(v[at["port"]], "big"),
+                    FWD_NETWORK.get(v[at["fwd"]] & 0x7, Network.DIRECT),
+                    v[at["weight"]],
                 )
+                if not self._stats:
+                    return dest, {}
+                return dest, {name: v[at[name]] for name, _, _ in _READ_STATS_FIELDS}
         node = top_attr(buf, start, end, A_DEST)
         if node is None:
             return None
         if layout is None:
             self._learn(buf, start, end)
-        return decode_dest(node, svc_family)
+        counters: dict[str, int] = {}
+        if self._stats:
+            counters = node_stats(node, D_STATS64, D_STATS)
+            counters["active_conns"] = u32(node.get(D_ACTIVE_CONNS))
+            counters["inactive_conns"] = u32(node.get(D_INACT_CONNS))
+        return decode_dest(node, svc_family), counters
 
     def _learn(self, buf: bytes, start: int, end: int) -> None:
         """Record where the fields sit in this reply: the ``Struct`` and its checks."""
@@ -462,30 +496,44 @@ class DestDecoder:
         n, kind = _NLA.unpack_from(buf, off)
         if kind & 0x3FFF != A_DEST:
             return
-        where: dict[int, tuple[int, int]] = {}  # type -> (offset in message, length)
-        inner, stop = off + 4, min(off + n, end)
-        while inner + 4 <= stop:
-            alen, akind = _NLA.unpack_from(buf, inner)
-            if alen < 4:
-                return
-            where.setdefault(akind & 0x3FFF, (inner - start, alen))
-            inner += (alen + 3) & ~3
-        wanted = [(D_ADDR, None), (D_PORT, "2s"), (D_FWD_METHOD, "I"), (D_WEIGHT, "I")]
-        wanted.append((D_ADDR_FAMILY, "H"))
-        if any(k not in where for k, _ in wanted):
+        where: dict[tuple[int, ...], tuple[int, int]] = {}  # path -> (offset, length)
+
+        def walk(lo: int, hi: int, path: tuple[int, ...]) -> bool:
+            while lo + 4 <= hi:
+                alen, akind = _NLA.unpack_from(buf, lo)
+                if alen < 4:
+                    return False
+                here = (*path, akind & 0x3FFF)
+                where.setdefault(here, (lo - start, alen))
+                if here == (D_STATS64,) and not walk(lo + 4, lo + alen, here):
+                    return False
+                lo += (alen + 3) & ~3
+            return True
+
+        if not walk(off + 4, min(off + n, end), ()):
             return
-        fmt, pos, headers = "=I", 4, []
-        for k, value in wanted:
-            at, alen = where[k]
+        fields = []
+        for name, path, value in self._fields:
+            if path not in where:
+                return
+            at, alen = where[path]
             value = value or f"{alen - 4}s"
-            if at < pos or struct.calcsize("=" + value) != alen - 4:
-                return  # not in the order or sizes this reads
+            if struct.calcsize("=" + value) != alen - 4:
+                return  # not the size this reads
+            fields.append((at, alen, path[-1], name, value))
+        fields.sort()
+        fmt, pos, headers, index = "=I", 4, [], {}
+        for k, (at, alen, kind_, name, value) in enumerate(fields):
+            if at < pos:
+                return
             fmt += f"{at - pos}xI{value}"
             pos = at + alen
-            headers.append(_U32.unpack(_NLA.pack(alen, k))[0])
+            headers.append(_U32.unpack(_NLA.pack(alen, kind_))[0])
+            index[name] = 2 + 2 * k
         self._layout = struct.Struct(fmt)
         self._length = end - start
         self._headers = tuple(headers)
+        self._index = index
 
 
 __all__ = [

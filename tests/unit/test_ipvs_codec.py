@@ -225,6 +225,7 @@ def test_the_learned_dest_layout_decodes_like_the_generic_parser(family, dests, 
             ("IPVS_DEST_ATTR_WEIGHT", d.weight),
             ("IPVS_DEST_ATTR_U_THRESH", 0),
             ("IPVS_DEST_ATTR_ACTIVE_CONNS", 4),
+            ("IPVS_DEST_ATTR_INACT_CONNS", 5),
             ("IPVS_DEST_ATTR_ADDR_FAMILY", codec.AF[d.address.version]),
             stats_attr("IPVS_DEST_ATTR_STATS64", 7),
         ]
@@ -232,7 +233,13 @@ def test_the_learned_dest_layout_decodes_like_the_generic_parser(family, dests, 
             dattrs.insert(data.draw(st.integers(0, len(dattrs))), ("IPVS_DEST_ATTR_L_THRESH", 1))
         replies.append(reply(codec.CMD_NEW_DEST, [("IPVS_CMD_ATTR_DEST", {"attrs": dattrs})]))
     fast = codec.DestDecoder()
+    counting = codec.DestDecoder(stats=True)
+    counters = {"conns": 7, "inpkts": 8, "outpkts": 9, "inbytes": 10, "outbytes": 11}
+    counters |= {"active_conns": 4, "inactive_conns": 5}
     for d, buf in zip(dests, replies, strict=True):
         ((_k, _q, start, end),) = codec.messages(buf)
         assert fast.decode(buf, start, end, family) == d
         assert codec.decode_dest(codec.top_attr(buf, start, end, codec.A_DEST), family) == d
+        assert counting.decode_with_stats(buf, start, end, family) == (d, counters)
+    if len(dests) > 1:  # the layout was learned and used
+        assert fast._layout is not None and counting._layout is not None
