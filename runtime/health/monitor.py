@@ -1,8 +1,10 @@
 """Runs every health check of a configuration in one asyncio loop.
 
-One lightweight task per active real server. Each server's checks start on a fixed
-grid, ``epoch + phase + k * interval``, where ``phase`` is a stable hash of the
-virtual's and server's names spread over the interval: the load is even over time
+One timer per active real server, no task: TCP checks run as callbacks on a
+:class:`~runtime.health.reactor.FastReactor`, other checks as short tasks. Each
+server's checks start on a fixed grid, ``epoch + phase + k * interval``, where
+``phase`` is a stable hash of the virtual's and server's names spread over the
+interval: the load is even over time
 (no thundering herd at the top of each second) and a server keeps its slot across
 reloads. At most ``concurrency`` probes run at once. A check that overruns its slot
 makes the server skip the slots it missed rather than queue them.
