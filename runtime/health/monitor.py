@@ -4,10 +4,10 @@ One timer per active real server, no task: TCP checks run as callbacks on a
 :class:`~runtime.health.reactor.FastReactor`, other checks as short tasks. Each
 server's checks start on a fixed grid, ``epoch + phase + k * interval``, where
 ``phase`` is a stable hash of the virtual's and server's names spread over the
-interval: the load is even over time
-(no thundering herd at the top of each second) and a server keeps its slot across
-reloads. At most ``concurrency`` probes run at once. A check that overruns its slot
-makes the server skip the slots it missed rather than queue them.
+interval: the load is even over time (no thundering herd at the top of each second)
+and a server keeps its slot across reloads. At most ``concurrency`` probes run at
+once. A check that overruns its slot makes the server skip the slots it missed rather
+than queue them.
 
 The decisions are :class:`~runtime.health.nanny.Nanny`'s; this module only schedules,
 probes, records and reports.
