@@ -98,27 +98,38 @@ class IpvsBackend:
                 str(err), help="load the ip_vs module, or use --dataplane xdp"
             ) from err
         self._rec = Reconciler(self._kernel)
-        self._config: Config | None = None
+        self._table = None  # DesiredTable of the config in force
+        self._dests: tuple[Config | None, dict] = (None, {})
 
     def load(self, config: Config) -> None:
         from compiler.emit import EmitError
-        from dataplane.reconcile import desired_state
+        from dataplane.reconcile import DesiredTable
 
-        try:
-            desired_state(config)
+        try:  # the whole table once (this also refuses what IPVS cannot hold)
+            self._table = DesiredTable(config)
         except EmitError as err:
             raise BackendError(err.message, err.span, err.help) from err
-        self._config = config
+
+    def _dest_keys(self, config: Config) -> dict:
+        """(virtual, server) -> (service key, destination key), once per config."""
+        held, keys = self._dests
+        if held is not config:
+            keys = {(vs.name, rs.name): ipvs_dest_of(config, vs, rs) for vs, rs in servers(config)}
+            self._dests = (config, keys)
+        return keys
 
     def adopt(self, config: Config) -> dict[Key, Placement]:
         return ipvs_placements(config, self._rec.adopt())
 
     def apply(self, desired: Desired) -> list[str]:
         from dataplane.ipvs import IPVSError
-        from dataplane.reconcile import desired_state
+        from dataplane.reconcile import DesiredTable
 
+        if self._table is None or self._table.config is not desired.config:
+            self._table = DesiredTable(desired.config)
         try:
-            ops = self._rec.sync(desired_state(desired.config, overrides(desired)))
+            # only the services of virtuals whose overrides changed are rebuilt and diffed
+            ops = self._rec.sync(self._table.state(overrides(desired)))
         except IPVSError as err:
             raise BackendError(f"IPVS refused a change: {err}") from err
         return [f"ipvsadm {op}" for op in ops]
@@ -134,8 +145,9 @@ class IpvsBackend:
 
         seen = self._kernel.read()
         out: dict[tuple[str, str | None], Counters] = {}
+        keys = self._dest_keys(config)
         for vs, rs in servers(config):
-            skey, dkey = ipvs_dest_of(config, vs, rs)
+            skey, dkey = keys[(vs.name, rs.name)]
             st = seen.stats.get((skey, dkey))
             if st is not None:
                 out[(vs.name, rs.name)] = _ipvs_counters(st)
