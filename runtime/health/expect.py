@@ -61,19 +61,22 @@ class Prefix:
     and they must equal ``expect`` (nanny's ``strncmp``: a prefix match of the reply)."""
 
     expect: bytes
+    read_size: int = field(init=False, compare=False)
+    _want: bytes = field(init=False, compare=False, repr=False)
 
-    @property
-    def read_size(self) -> int:
-        return min(len(self.expect), REGEX_READ) or 1
+    def __post_init__(self) -> None:
+        size = min(len(self.expect), REGEX_READ)
+        object.__setattr__(self, "read_size", size or 1)
+        object.__setattr__(self, "_want", self.expect[:size])
 
     def match(self, data: bytes) -> str | None:
         """None when ``data`` (the one read) matches, else why not."""
-        want = self.expect[: self.read_size]
+        want = self._want
+        if data[: len(want)] == want:
+            return None
         if len(data) < len(want):
             return f"reply too short: {len(data)} of {len(want)} bytes ({data!r})"
-        if data[: len(want)] != want:
-            return f"reply {data[: len(want)]!r} does not start with {want!r}"
-        return None
+        return f"reply {data[: len(want)]!r} does not start with {want!r}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,7 +104,18 @@ class TcpCheck:
     connect (``timeout``), send, one read (``timeout``), compare, close with a reset.
     ``done`` gets the result, exactly once, unless :meth:`cancel` was called first."""
 
-    __slots__ = ("done", "fd", "phase", "reactor", "sock", "sockaddr", "spec", "started", "timer")
+    __slots__ = (
+        "done",
+        "fd",
+        "phase",
+        "reactor",
+        "read_deadline",
+        "sock",
+        "sockaddr",
+        "spec",
+        "started",
+        "timer",
+    )
 
     def __init__(
         self,
@@ -124,6 +135,7 @@ class TcpCheck:
         self.timer: Cancellable | None = None
         self.phase = "connect"
         self.started = 0.0
+        self.read_deadline = 0.0
 
     def start(self) -> None:
         reactor = self.reactor
@@ -162,12 +174,14 @@ class TcpCheck:
         if spec.expect is None:
             self._finish(True, "connected, sent" if spec.send else "connected")
             return
-        if self.timer is not None:
-            self.timer.cancel()
         self.phase = "read"
         reactor = self.reactor
         reactor.watch(self.fd, False, self._on_readable)
-        self.timer = reactor.call_at(reactor.time() + spec.timeout, self._on_timeout)
+        self.read_deadline = reactor.time() + spec.timeout
+        # the connect timer, if any, stays: it re-arms itself for the read deadline
+        # when it fires first (most reads end long before), saving a timer per check
+        if self.timer is None:
+            self.timer = reactor.call_at(self.read_deadline, self._on_timeout)
 
     def _on_readable(self, _events: int) -> None:
         expect = self.spec.expect
@@ -185,6 +199,9 @@ class TcpCheck:
 
     def _on_timeout(self) -> None:
         self.timer = None
+        if self.phase == "read" and self.reactor.time() < self.read_deadline:
+            self.timer = self.reactor.call_at(self.read_deadline, self._on_timeout)
+            return
         self._finish(False, f"{self.phase}: timed out after {self.spec.timeout} s")
 
     def _release(self) -> None:
