@@ -96,6 +96,25 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         help="IPVS: every SECONDS re-read the whole kernel table and repair what someone "
         "else changed (0, the default: never; a large table takes long to read)",
     )
+    h = r.add_argument_group("pulse (configs with heartbeat = 1; see docs/pulse.md)")
+    h.add_argument(
+        "--no-heartbeat", action="store_true", help="run the director alone, without pulse"
+    )
+    h.add_argument("--forceactive", action="store_true", help="start active (pulse --forceactive)")
+    h.add_argument(
+        "--heartbeat-key",
+        metavar="FILE",
+        help="authenticated heartbeats with the key in FILE (extended dialect; both routers)",
+    )
+    h.add_argument(
+        "--standby",
+        choices=["hot", "cold"],
+        default="hot",
+        help="hot (default): the standby checks and keeps its dataplane in step; cold: "
+        "the director starts on activation, as piranha's lvs",
+    )
+    h.add_argument("--garp-count", type=int, default=5, help="gratuitous ARPs per VIP (5)")
+    h.add_argument("--garp-interval", type=float, default=1.0, help="seconds between them (1.0)")
     r.add_argument("-v", "--verbose", action="store_true", help="log every check event")
 
     for name, what in (
@@ -115,7 +134,8 @@ def run_command(args: argparse.Namespace) -> int:
     if args.command == "run":
         from compiler.model import Dialect
 
-        from .daemon import Options, run
+        from .daemon import Options
+        from .router import PulseOptions, run
 
         if args.dataplane == "xdp" and not args.interface:
             print("lvs-router run: --dataplane xdp needs --interface IF", file=sys.stderr)
@@ -134,7 +154,15 @@ def run_command(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             verify_interval_s=args.verify_interval,
         )
-        return run(opts, verbose=args.verbose)
+        popts = PulseOptions(
+            heartbeat=not args.no_heartbeat,
+            forceactive=args.forceactive,
+            key_file=args.heartbeat_key,
+            standby=args.standby,
+            garp_count=args.garp_count,
+            garp_interval=args.garp_interval,
+        )
+        return run(opts, popts, verbose=args.verbose)
 
     from .control import ControlError, request
 

@@ -1,0 +1,236 @@
+"""The router as one process: pulse (heartbeat, VIPs, gratuitous ARP) driving the daemon.
+
+piranha ran three programs: pulse decided which router is active and started ``lvs``
+there, which started one ``nanny`` per real server. Here one process does it all:
+:class:`Router` is the :class:`~runtime.daemon.Daemon` (dataplane, director, health
+checks, control socket, metrics, reload) with a :class:`~runtime.pulse.heartbeat.Pulse`
+deciding when the VIPs — and so the traffic — are ours.
+
+**When pulse runs.** piranha parsed ``heartbeat = 1`` and never looked at it: pulse ran
+whenever its init script started it. lvs-router uses the keyword as the switch: a
+config with ``heartbeat = 1`` (and a ``primary``) runs pulse; without it, or with
+``--no-heartbeat``, ``lvs-router run`` is the director alone, as before (the VIPs are
+then the operator's business). Everything pulse decides follows piranha-spec.md §3
+(roles, timers, state table; see docs/pulse.md); a backup with ``backup_active = 0``
+refuses to run, as piranha's did.
+
+**Standby.** Two ways to be the inactive router (``--standby``):
+
+* ``hot`` (the default): the dataplane is loaded and the director and health checks run
+  on both routers; pulse only moves the VIPs. The standby's tables then follow the same
+  health results as the active's, so with the XDP dataplane both routers hold the *same*
+  Maglev tables (same config, same healthy set) and a flow the new router never saw is
+  sent to the real server that already holds it: established connections survive a
+  failover in direct routing and tunnel mode. Takeover costs nothing but the VIPs and the
+  ARPs: no compile, no adoption, no first round of checks. keepalived does the same
+  (its checkers run on the backup too).
+* ``cold``: piranha's way. The dataplane is loaded at start (XDP: compiled and
+  attached, so activation does not wait for a compile) but the director and the checks
+  start only on activation — adopting what the dataplane holds, like a daemon restart —
+  and stop on deactivation; the dataplane keeps its last state (harmless on the standby:
+  no traffic reaches it without the VIPs).
+
+With either, the XDP program stays attached on the standby: frames the client still
+sends to the old router's MAC during the ARP switch are forwarded to the same real
+servers instead of being dropped.
+
+The control socket and ``status`` are up in both roles; the status carries
+``pulse`` (role, state, peer, last heartbeat...). ``SIGTERM`` stops pulse first (a
+STOPPED heartbeat, the VIPs go, the peer takes over at once), then the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from compiler.model import Config, Dialect
+
+from .daemon import (
+    EXIT_ERRORS,
+    ConfigError,
+    Daemon,
+    Options,
+    _log,
+    load_config,
+    setup_logging,
+)
+from .pulse.heartbeat import Pulse, PulseExit
+from .pulse.wire import Key
+
+log = logging.getLogger("lvs-router")
+
+
+@dataclass(frozen=True)
+class PulseOptions:
+    """What ``lvs-router run`` says about pulse (see the module docstring)."""
+
+    heartbeat: bool = True  # False: --no-heartbeat, the director alone
+    forceactive: bool = False
+    key_file: str | None = None  # authenticated heartbeats (extended dialect)
+    standby: str = "hot"  # hot | cold
+    arp_announce: bool | None = None  # None: on in the extended dialect
+    garp_count: int = 5
+    garp_interval: float = 1.0
+
+
+def uses_pulse(config: Config, popts: PulseOptions) -> bool:
+    """pulse runs for ``heartbeat = 1`` unless ``--no-heartbeat`` (module docstring)."""
+    return popts.heartbeat and config.heartbeat
+
+
+class Router(Daemon):
+    """The daemon plus pulse; without a heartbeat config exactly the daemon."""
+
+    def __init__(self, opts: Options, popts: PulseOptions | None = None) -> None:
+        super().__init__(opts)
+        self.popts = popts or PulseOptions()
+        self.pulse: Pulse | None = None
+        self._pulse_task: asyncio.Task[None] | None = None
+        self._active = False
+
+    # ------------------------------------------------------------------ start
+
+    async def start(self) -> None:
+        config = load_config(self.opts.config, self.opts.dialect)
+        if not uses_pulse(config, self.popts):
+            await super().start()
+            return
+        p = self.popts
+        if p.key_file and self.opts.dialect is not Dialect.EXTENDED:
+            raise ConfigError("error: --heartbeat-key needs the extended dialect")
+        try:
+            key = Key.from_file(p.key_file) if p.key_file else None
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"error: heartbeat key {p.key_file}: {err}") from err
+        announce = p.arp_announce
+        if announce is None:  # piranha's dialects keep send_arp's frames byte for byte
+            announce = self.opts.dialect is Dialect.EXTENDED
+        self.pulse = Pulse(
+            config,
+            on_activate=self._on_activate,
+            on_deactivate=self._on_deactivate,
+            key=key,
+            forceactive=p.forceactive,
+            garp_count=p.garp_count,
+            garp_interval=p.garp_interval,
+            arp_announce=announce,
+        )
+        await super().start()  # control socket, dataplane, (hot) director, metrics
+        self._pulse_task = asyncio.create_task(self._run_pulse(), name="pulse")
+        ready = asyncio.create_task(self.pulse.ready.wait())
+        await asyncio.wait([self._pulse_task, ready], return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if not self.pulse.ready.is_set():
+            err = self._pulse_task.exception() if self._pulse_task.done() else None
+            await self.stop_director()
+            raise ConfigError(f"error: pulse: {err or 'did not start'}")
+        st = self.pulse.status()
+        _log(logging.INFO, "pulse ready", role=st.role, standby=p.standby, state=st.state)
+
+    async def start_director(self, config: Config) -> None:
+        """Cold standby defers the director to activation (see the module docstring)."""
+        if self.pulse is not None and self.popts.standby == "cold" and not self._active:
+            self.config = config
+            return
+        await super().start_director(config)
+
+    async def _run_pulse(self) -> None:
+        assert self.pulse is not None
+        try:
+            await self.pulse.run()
+        except PulseExit as err:
+            if self.pulse.ready.is_set():  # after start: the router exits with it
+                _log(logging.ERROR, "pulse exited", reason=str(err))
+                self.exit_status = EXIT_ERRORS
+                self._stop.set()
+            raise
+
+    # ------------------------------------------------------------------ pulse's callbacks
+
+    async def _on_activate(self) -> None:
+        """VIPs are up, ARPs not sent yet: the director must be ready now."""
+        self._active = True
+        if self.director is None:
+            assert self.config is not None
+            await self.start_director(self.config)
+        _log(logging.INFO, "active: serving the VIPs")
+
+    async def _on_deactivate(self) -> None:
+        self._active = False
+        if self.popts.standby == "cold" and self.director is not None:
+            await self.stop_director()
+        _log(logging.INFO, "inactive: standing by", standby=self.popts.standby)
+
+    def _hard_shutdown(self) -> None:
+        """A checker died with ``hard_shutdown = 1``: as piranha's lvs exiting, which
+        pulse saw as its child dying (§3.6): give the VIPs up, let the peer serve."""
+        if self.pulse is None:
+            super()._hard_shutdown()
+            return
+        self.pulse.child_failed()
+
+    # ------------------------------------------------------------------ stop
+
+    async def stop(self) -> None:
+        if self.pulse is not None and self._pulse_task is not None:
+            await self.pulse.stop()  # STOPPED heartbeat, deactivate, VIPs removed
+            with contextlib.suppress(asyncio.CancelledError, PulseExit):
+                await self._pulse_task
+        await super().stop()
+
+    # ------------------------------------------------------------------ control
+
+    async def _reload(self) -> dict[str, Any]:
+        """A cold standby has no director: the new config is only checked, loaded
+        into the dataplane and kept for the next activation. pulse keeps the
+        addresses and timers it started with (a restart changes them)."""
+        if self.director is not None:
+            return await super()._reload()
+        try:
+            config = await asyncio.to_thread(load_config, self.opts.config, self.opts.dialect)
+        except ConfigError as err:
+            return self._reload_failed(err.text)
+        assert self.backend is not None
+        from .backends import BackendError
+
+        try:
+            await self._call(self.backend.load, config)
+        except BackendError as err:
+            return self._reload_failed(err.render())
+        self.config = config
+        self.reloads["ok"] += 1
+        self.last_reload_error = None
+        return {"ok": True, "changes": [], "added": 0, "removed": 0, "changed": 0}
+
+    async def status(self, *, counters_max_age_s: float = 0.0) -> dict[str, Any]:
+        if self.director is not None:
+            out = await super().status(counters_max_age_s=counters_max_age_s)
+        else:  # cold standby: no director, nothing checked
+            out = {
+                "config": self.opts.config,
+                "dataplane": self.backend.name if self.backend else None,
+                "pid": os.getpid(),
+                "uptime_s": round(time.time() - self.started, 1),
+                "reloads": dict(self.reloads),
+                "last_reload_error": self.last_reload_error,
+                "shut_down": False,
+                "virtuals": [],
+            }
+        if self.pulse is not None:
+            out["pulse"] = self.pulse.status().as_dict()
+        return out
+
+
+def run(opts: Options, popts: PulseOptions | None = None, *, verbose: bool = False) -> int:
+    setup_logging(verbose)
+    pulse_log = logging.getLogger("pulse")  # pulse's lines go to the daemon's log
+    pulse_log.handlers[:] = log.handlers
+    pulse_log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    pulse_log.propagate = False
+    return asyncio.run(Router(opts, popts).run())
