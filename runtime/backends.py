@@ -119,7 +119,7 @@ class IpvsBackend:
         return keys
 
     def adopt(self, config: Config) -> dict[Key, Placement]:
-        return ipvs_placements(config, self._rec.adopt())
+        return ipvs_placements(config, self._rec.adopt(), self._dest_keys(config))
 
     def apply(self, desired: Desired) -> list[str]:
         from dataplane.ipvs import IPVSError
@@ -175,15 +175,17 @@ def ipvs_dest_of(config: Config, vs, rs) -> tuple[tuple, tuple]:
     return service_key(svc), dest_key(svc.destinations[0])
 
 
-def ipvs_placements(config: Config, state) -> dict[Key, Placement]:
+def ipvs_placements(config: Config, state, keys: dict | None = None) -> dict[Key, Placement]:
     """What an IPVS table (:class:`~dataplane.reconcile.IPVSState`) already holds for the
-    config's servers, as director placements: the start of adoption."""
+    config's servers, as director placements: the start of adoption. ``keys``: the
+    servers' (service key, destination key), if already known."""
     from dataplane.reconcile import dest_key, service_key
 
     held = {(service_key(s), dest_key(d)): d.weight for s in state.services for d in s.destinations}
     out: dict[Key, Placement] = {}
     for vs, rs in servers(config):
-        weight = held.get(ipvs_dest_of(config, vs, rs))
+        where = keys[(vs.name, rs.name)] if keys else ipvs_dest_of(config, vs, rs)
+        weight = held.get(where)
         if weight is not None:
             out[(vs.name, rs.name)] = Placement(True, weight)
     return out

@@ -7,8 +7,8 @@ import pytest
 
 from compiler import compile_text
 from dataplane.reconcile import IPVSState, desired_state, reconcile
-from runtime.backends import ipvs_placements
-from runtime.director import Director, Placement, overrides
+from runtime.backends import ipvs_dest_of, ipvs_placements
+from runtime.director import Director, Placement, overrides, servers
 
 pytestmark = pytest.mark.unit
 
@@ -60,6 +60,8 @@ def test_an_ipvs_table_reads_back_as_the_placements_that_made_it() -> None:
     adopted = ipvs_placements(cfg, kernel)
     # b runs on port 8080 but direct routing keeps the service's port: still found
     assert adopted == {("web", "a"): Placement(True, 2), ("web", "b"): Placement(True, 0)}
+    keys = {(vs.name, rs.name): ipvs_dest_of(cfg, vs, rs) for vs, rs in servers(cfg)}
+    assert ipvs_placements(cfg, kernel, keys) == adopted
     # a restarted daemon's first sync changes nothing (c is absent, the sorry server in)
     after = Director(cfg, adopted)
     assert reconcile(desired_state(cfg, overrides(after.desired())), kernel) == ()
