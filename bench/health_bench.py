@@ -27,6 +27,7 @@ import resource
 import selectors
 import socket
 import statistics
+import subprocess
 import sys
 import time
 from ipaddress import IPv4Address
@@ -155,6 +156,10 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
+def note(text: str) -> None:
+    print(f"{time.monotonic():.3f} {text}", file=sys.stderr, flush=True)
+
+
 async def inner(args: argparse.Namespace) -> dict:
     raise_nofile(args.concurrency * 2 + 1000)
     banner = b"220 bench\r\n" if args.expect else b""
@@ -203,11 +208,13 @@ async def inner(args: argparse.Namespace) -> dict:
         observer=observer,
     )
     t0 = time.monotonic()
+    note("listener ready; starting the monitor")
     await mon.start()
     # warm-up: every server up (the first interval spreads the first checks)
     while len(ups) < args.servers and time.monotonic() - t0 < 30:
         await asyncio.sleep(0.1)
     all_up = time.monotonic() - t0
+    note(f"{len(ups)} servers up after {all_up:.3f} s; measuring")
     await asyncio.sleep(1.0)
 
     c0 = tcp_counters(COUNTERS)
@@ -222,11 +229,16 @@ async def inner(args: argparse.Namespace) -> dict:
     cpu = user + system
     checks_per_s = window["checks"] / (w1 - w0)
 
+    note(f"window done ({window['checks']} checks); closing listeners")
     # failures: close listeners at random moments, one every 20-80 ms
     rng = random.Random(7)
     victims = rng.sample(range(args.servers), args.fail)
     closed: dict[str, float] = {}
+    give_up = time.monotonic() + 60
     for i in victims:
+        if time.monotonic() > give_up:
+            note(f"listener too slow: {len(closed)} of {len(victims)} closed in 60 s")
+            break
         await asyncio.sleep(rng.uniform(0.02, 0.08))
         proc.stdin.write(f"close {BASE_PORT + i}\n".encode())
         await proc.stdin.drain()
@@ -242,9 +254,11 @@ async def inner(args: argparse.Namespace) -> dict:
     missed = [s for s in closed if s not in downs]
     unexpected = sorted(set(downs) - set(closed))
 
+    note("stopping")
     await mon.stop()
     proc.stdin.close()
-    await proc.wait()
+    await asyncio.wait_for(proc.wait(), 30)
+    note("done")
     return {
         "servers": args.servers,
         "check": "connect + read '220'" if args.expect else "TCP connect",
@@ -306,7 +320,10 @@ def outer(args: argparse.Namespace) -> None:
             ns.addr("lo", f"{ADDRESS}/32")
         pin = ["taskset", "-c", "0"] if args.veth else []
         cmd = [*pin, sys.executable, __file__, "--inner", *sys.argv[1:], *extra]
-        out = ns.run(*cmd, timeout=args.window + 120)
+        try:
+            out = ns.run(*cmd, timeout=args.window + 240)
+        except subprocess.TimeoutExpired as err:
+            sys.exit(f"the benchmark did not finish; its progress:\n{err.stderr}")
     result = json.loads(out.strip().splitlines()[-1])
     load = os.getloadavg()[0]
     where = "veth + RPS, monitor on CPU 0" if args.veth else "loopback"
