@@ -4,18 +4,24 @@ The only module that talks to the kernel's ``IPVS`` generic-netlink family. It r
 the services, destinations, timeouts and sync daemons into the same typed values the
 compiler produces (:class:`KernelTable`), executes :mod:`dataplane.reconcile`
 operations one netlink request each, and :func:`converge` ties it together: read,
-diff, apply, read back, verify.
+diff, apply, read back, verify. :class:`Reconciler` is the daemon's form: it holds
+the table it applied and diffs each new desired state against that, without reading
+the kernel (O(changed services)).
 
-Messages are built here with pyroute2's generic-netlink and NLA classes (pinned
-``pyroute2==0.9.7``), not with its ``IPVS``/``IPVSService``/``IPVSDest`` helpers,
-whose gaps matter to us: an fwmark service added through ``IPVSService`` is refused
-with EINVAL (no address family or netmask is sent without an address); the
-``"update"`` verb sends a *delete*; ``IPVSDest.from_message`` starts from its
-defaults, so a NAT destination reads back as forwarding method 3 (direct routing);
-the netmask is typed as an IPv4 address, which cannot carry IPv6's prefix length;
-timeouts and the daemon attributes are undecoded hex. So the attribute maps below are
-our own, with the kernel's numbering (``include/uapi/linux/ip_vs.h``), addresses as
-raw bytes and every field read from its own attribute.
+The table is read and written with :mod:`dataplane.ipvs_codec`'s struct-built
+messages over a plain netlink socket (the same bytes as pyroute2's, about 75x less
+Python per request). :func:`message` builds the reference request with pyroute2's
+generic-netlink and NLA classes (pinned ``pyroute2==0.9.7``), which also resolve the
+family and read the timeouts and daemons. Not with pyroute2's ``IPVS``,
+``IPVSService`` and ``IPVSDest`` helpers, whose gaps matter to us: an fwmark service
+added through ``IPVSService`` is refused with EINVAL (no address family or netmask
+is sent without an address); the ``"update"`` verb sends a *delete*;
+``IPVSDest.from_message`` starts from its defaults, so a NAT destination reads back
+as forwarding method 3 (direct routing); the netmask is typed as an IPv4 address,
+which cannot carry IPv6's prefix length; timeouts and the daemon attributes are
+undecoded hex. So the attribute maps are our own, with the kernel's numbering
+(``include/uapi/linux/ip_vs.h``), addresses as raw bytes and every field read from
+its own attribute.
 
 Failure semantics: every operation is one netlink request, which the kernel applies
 whole or not at all. :func:`apply` stops at the first refused request and raises

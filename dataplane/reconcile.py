@@ -20,6 +20,12 @@ Every operation prints as the ipvsadm command line that would do the same thing
 (``str(op)``), which is what ``lvs-router apply --dry-run`` shows.
 :func:`simulate` applies operations to a state in memory, so that "reconcile what
 you just applied gives nothing" is testable without a kernel.
+
+For a daemon, two incremental forms with the same results: :class:`SyncedTable` holds
+the table last applied and gives exactly ``reconcile``'s operations while diffing only
+the services whose desired object changed, and :class:`DesiredTable` keeps
+``desired_state`` up to date per override change, rebuilding only the touched
+services and saying which ones they are (``IPVSState.basis``).
 """
 
 from __future__ import annotations
