@@ -55,7 +55,9 @@ format: $(STAMP)
 test: $(STAMP) bpfenv lint
 	$(VENV)/bin/pytest -q
 
-demo: $(STAMP)
+# the main job: compile, then two routers, three web servers and a client in network
+# namespaces (demo/run.py, about 30 s; everything is removed at the end, Ctrl-C too)
+demo: $(STAMP) bpfenv
 	@echo "== lvs-compile check examples/lvs.cf"
 	$(VENV)/bin/lvs-compile check examples/lvs.cf
 	@echo
@@ -64,6 +66,12 @@ demo: $(STAMP)
 	@echo
 	@echo "== lvs-compile check --dialect piranha examples/broken.cf   (what a mistake looks like)"
 	-$(VENV)/bin/lvs-compile check --dialect piranha examples/broken.cf
+	@echo
+	@echo "== lvs-compile check examples/demo.cf   (the live demo's config)"
+	$(VENV)/bin/lvs-compile check examples/demo.cf
+	@echo
+	@echo "== live: two lvs-routers (pulse + XDP), three web servers, a client; failover"
+	$(PY) -m demo.run
 
 bench: $(STAMP)
 	$(PY) bench/compile_bench.py

@@ -85,7 +85,25 @@ async def stream(
     return sorted(out)
 
 
+async def forever(dst: str, port: int, every: float, timeout: float, http: bool) -> None:
+    """``--forever``: a connection every ``every`` seconds until killed, one JSON line
+    ``[start, end, ok, name]`` per finished connection (the demo's traffic)."""
+    out: list = []
+    tasks: set[asyncio.Task] = set()
+    while True:
+        t = asyncio.create_task(_attempt(dst, port, http, timeout, out))
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+        await asyncio.sleep(every)
+        while out:
+            print(json.dumps(out.pop(0)), flush=True)
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--forever":
+        dst, port, every, timeout = sys.argv[2], int(sys.argv[3]), *map(float, sys.argv[4:6])
+        asyncio.run(forever(dst, port, every, timeout, http=True))
+        return
     held: dict[int, socket.socket] = {}
     for line in sys.stdin:
         c = json.loads(line)

@@ -130,6 +130,10 @@ class Lab:
             port = f"p{name}"
             t.veth(ns, "eth0", sw, port)
             t.attach(sw, port)
+            # no unknown-unicast flooding to a router: a veth hands XDP every frame,
+            # whatever its destination MAC (a NIC filters them), so a flooded frame
+            # meant for a dead router would be forwarded by the live one's program
+            sw.run("bridge", "link", "set", "dev", port, "flood", "off")
             ns.addr("eth0", f"{addr}/24")
             with inside(sw):  # XDP_TX from the router's eth0 arrives here
                 attach_xdp(fn, port)
@@ -256,6 +260,15 @@ class Lab:
                 r.proc.kill()
                 r.proc.wait()
         r.proc = None
+
+    def kill_machine(self, name: str) -> float:
+        """The router dies as a machine does: its NIC goes (nothing it sends or
+        forwards, its XDP program included, reaches anyone), then its process is
+        SIGKILLed. Returns the fault's time (CLOCK_MONOTONIC) once the NIC is down."""
+        self.link(name, up=False)
+        t = time.monotonic()
+        self.signal(name, signal.SIGKILL)
+        return t
 
     def link(self, name: str, up: bool) -> None:
         self.routers[name].ns.ip("link", "set", "eth0", "up" if up else "down")
