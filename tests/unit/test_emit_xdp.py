@@ -89,3 +89,15 @@ def test_approximated_scheduler_note_points_at_the_scheduler_line() -> None:
     assert [str(n.span) for n in notes] == ["w.cf:6:2"]
     assert "scheduler wlc is approximated by wrr" in notes[0].message
     assert notes[0].render().startswith("w.cf:6:2: note: virtual v: scheduler wlc")
+
+
+def test_fwmark_note_at_each_virtual_sharing_the_mark() -> None:
+    block = (
+        "virtual {name} {{\n active = 1\n address = 198.18.0.1 eth0:1\n port = {port}\n"
+        " fwmark = 7\n scheduler = wrr\n server s {{\n  address = 198.18.1.1\n"
+        "  active = 1\n }}\n}}\n"
+    )
+    cf = "network = direct\n" + block.format(name="a", port=80) + block.format(name="b", port=443)
+    notes = [n for n in plan(compile_text("m.cf", cf).config).notes if "fwmark" in n.message]
+    assert [str(n.span) for n in notes] == ["m.cf:6:2", "m.cf:17:2"]
+    assert all("virtual a and b: fwmark 7 is matched as every tcp port" in n.message for n in notes)
