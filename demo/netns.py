@@ -105,10 +105,11 @@ class Topology:
         ns.ip("link", "set", port, "master", bridge)
 
     def serve(
-        self, ns: Netns, *, name: str, tcp: tuple[int, ...] | list[int] = ()
+        self, ns: Netns, *, name: str, tcp: tuple[int, ...] | list[int] = (), greet: bool = False
     ) -> subprocess.Popen:
-        """demo/webserver.py in ``ns``: HTTP on each port, answering with ``name``."""
-        args = [sys.executable, str(WEBSERVER), "--name", name]
+        """demo/webserver.py in ``ns``: HTTP on each port, answering with ``name``
+        (``greet``: the name on accept, then echo)."""
+        args = [sys.executable, str(WEBSERVER), "--name", name, *(["--greet"] if greet else [])]
         for p in tcp:
             args += ["--port", str(p)]
         proc = ns.popen(*args, text=True)
