@@ -38,6 +38,7 @@ What is timed, in seconds of wall clock inside the VM:
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import shlex
@@ -202,12 +203,13 @@ def window1(n: int, d: int, out: Path) -> None:
 
 def ours(n: int, d: int, out: Path) -> None:
     """Our side, in its own namespace (run by :func:`guest`)."""
-    from dataplane.ipvs import WINDOW, IPVSKernel, Reconciler, converge
+    from dataplane.ipvs import WINDOW, ApplyError, IPVSKernel, Reconciler, converge
     from dataplane.reconcile import (
         AddDest,
         DeleteDest,
         DesiredTable,
         EditDest,
+        IPVSState,
         Overrides,
         reconcile,
     )
@@ -308,6 +310,17 @@ def ours(n: int, d: int, out: Path) -> None:
         res["verify_repair_ops"] = " | ".join(str(op) for op in repair)
         assert [type(op) for op in repair] == [EditDest, AddDest], repair
         assert rec.verify() == ()
+        # a refusal: ApplyError, the held table dropped, the next sync reads and is exact
+        good = dtable.state(Overrides())
+        svcs = list(good.services)
+        svcs[7] = replace(svcs[7], scheduler="nosuch")
+        try:
+            rec.sync(IPVSState(tuple(svcs)))
+        except ApplyError as err:
+            assert err.errno == errno.ENOENT and not err.applied, err
+        else:
+            raise AssertionError("the kernel accepted scheduler nosuch")
+        assert rec.sync(good) == ()
         if n <= 1000:  # two full reads
             back = with_weight(dtable.state(Overrides()), 0, 0, 77)
             t0 = time.perf_counter()
