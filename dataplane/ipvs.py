@@ -645,12 +645,13 @@ def converge(
     kernel: IPVSKernel, desired: IPVSState, *, verify: bool = True, window: int = WINDOW
 ) -> tuple[Op, ...]:
     """Read the kernel, apply the diff to ``desired``, read back and verify; the ops applied."""
-    ops = reconcile(desired, kernel.read(stats=False).state)
-    kernel.apply(ops, window=window)
-    if verify:
-        left = reconcile(desired, kernel.read(stats=False).state)
-        if left:
-            raise VerifyError(left)
+    with _collector_paused():
+        ops = reconcile(desired, kernel.read(stats=False).state)
+        kernel.apply(ops, window=window)
+        if verify:
+            left = reconcile(desired, kernel.read(stats=False).state)
+            if left:
+                raise VerifyError(left)
     return ops
 
 
