@@ -5,6 +5,8 @@ bridge in network namespaces; XDP dataplane, direct routing) under four control
 planes, one run each:
 
 * ``pulse 2/5``:     lvs-router's pulse with piranha's defaults (keepalive 2, deadtime 5);
+* ``pulse 1/3``:     keepalive 1, deadtime 3 (keepalived's interval and about its
+  3 × advert_int);
 * ``pulse 0.1/0.3``: keepalive 0.1, deadtime 0.3 (extended dialect);
 * ``keepalived 1`` and ``keepalived 0.1``: Debian's keepalived doing VRRP (version 3,
   unicast peers, gratuitous ARP on: its defaults) for the same VIP, ``advert_int`` 1 and
@@ -72,6 +74,7 @@ class Setup:
 
 SETUPS = (
     Setup("pulse-2/5", "pulse", 2.0, 5.0),
+    Setup("pulse-1/3", "pulse", 1.0, 3.0),  # keepalived's advert_int 1 and its ~3 s
     Setup("pulse-0.1/0.3", "pulse", 0.1, 0.3),
     Setup("keepalived-1", "keepalived", 1.0),
     Setup("keepalived-0.1", "keepalived", 0.1),
@@ -236,9 +239,13 @@ def main() -> int:
             lab.close()
             shutil.rmtree(work, ignore_errors=True)
     by = {(r.setup, r.fault): r for r in results}
-    print("\nratios (pulse / keepalived at the same heartbeat interval):")
+    print("\nratios of the gaps (pulse / keepalived):")
     for fault in args.faults.split(","):
-        for p, k in (("pulse-2/5", "keepalived-1"), ("pulse-0.1/0.3", "keepalived-0.1")):
+        for p, k in (
+            ("pulse-2/5", "keepalived-1"),
+            ("pulse-1/3", "keepalived-1"),
+            ("pulse-0.1/0.3", "keepalived-0.1"),
+        ):
             a, b = by.get((p, fault)), by.get((k, fault))
             if a and b and a.gap_ms and b.gap_ms:
                 print(f"  {fault:5} {p} / {k}: {a.gap_ms / b.gap_ms:.2f}")

@@ -92,6 +92,7 @@ class Router(Daemon):
         self.popts = popts or PulseOptions()
         self.pulse: Pulse | None = None
         self._pulse_task: asyncio.Task[None] | None = None
+        self._warm: asyncio.Task[None] | None = None
         self._active = False
 
     # ------------------------------------------------------------------ start
@@ -122,6 +123,8 @@ class Router(Daemon):
             arp_announce=announce,
         )
         await super().start()  # control socket, dataplane, (hot) director, metrics
+        if p.standby == "cold" and hasattr(self.backend, "neighbours"):
+            self._warm = asyncio.create_task(self._warm_neighbours(), name="neighbours")
         self._pulse_task = asyncio.create_task(self._run_pulse(), name="pulse")
         ready = asyncio.create_task(self.pulse.ready.wait())
         await asyncio.wait([self._pulse_task, ready], return_when=asyncio.FIRST_COMPLETED)
@@ -139,6 +142,19 @@ class Router(Daemon):
             self.config = config
             return
         await super().start_director(config)
+
+    async def _warm_neighbours(self) -> None:
+        """Cold standby, XDP: keep the real servers' MACs in the kernel's neighbour
+        table, so that the first sync after activation has them all. A server without
+        a MAC is kept out of the Maglev table, which would move flows (RST)."""
+        from .director import servers
+
+        while True:
+            if self.director is None and self.config is not None and self.backend is not None:
+                addresses = sorted({rs.address for _, rs in servers(self.config)})
+                with contextlib.suppress(Exception):
+                    await self._call(self.backend.neighbours.refresh, addresses)  # type: ignore[attr-defined]
+            await asyncio.sleep(1.0)
 
     async def _run_pulse(self) -> None:
         assert self.pulse is not None
@@ -178,6 +194,8 @@ class Router(Daemon):
     # ------------------------------------------------------------------ stop
 
     async def stop(self) -> None:
+        if self._warm is not None:
+            self._warm.cancel()
         if self.pulse is not None and self._pulse_task is not None:
             await self.pulse.stop()  # STOPPED heartbeat, deactivate, VIPs removed
             with contextlib.suppress(asyncio.CancelledError, PulseExit):
