@@ -17,11 +17,18 @@ def render(status: dict[str, Any], *, width: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(
-        title=f"lvs-router ({status['dataplane']}) {status['config']}",
-        caption=f"pid {status['pid']}, up {status['uptime_s']} s, reloads "
-        f"{status['reloads']['ok']} ok / {status['reloads']['failed']} failed",
+    caption = (
+        f"pid {status['pid']}, up {status['uptime_s']} s, reloads "
+        f"{status['reloads']['ok']} ok / {status['reloads']['failed']} failed"
     )
+    if p := status.get("pulse"):  # runtime/router.py: heartbeat = 1
+        caption += (
+            f"\npulse: {p['role']} {p['state']}, peer {p['peer']}, "
+            f"VIPs {', '.join(p['vips']) or 'none'}"
+            + (", link down" if p["link_fail"] else "")
+            + (", director failed" if p["child_fail"] else "")
+        )
+    t = Table(title=f"lvs-router ({status['dataplane']}) {status['config']}", caption=caption)
     for col in ("virtual / server", "address", "state", "weight", "last check", "latency"):
         t.add_column(col)
     for col in ("packets", "bytes", "conns"):

@@ -14,12 +14,15 @@ real server. Waits are bounded polls of the routers' status; no duration is asse
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-from demo.lab import GREET_CHECK, REALS, Lab, lvs_cf
+from demo.lab import GREET_CHECK, REALS, ROOT, Lab, lvs_cf
 from tests.netns.topo import Topology
 
 pytestmark = pytest.mark.netns
@@ -192,3 +195,14 @@ def test_status_shows_pulse_in_both_roles(lab: Lab) -> None:
     assert b["pulse"]["peer"] == "running" and b["pulse"]["vips"] == []
     assert a["pulse"]["vips"] == ["198.18.70.100"]
     assert {s["name"] for s in b["virtuals"][0]["servers"]} == set(REALS)  # hot standby
+    argv = [sys.executable, "-m", "runtime.daemon_cli", "status"]
+    shown = subprocess.run(
+        [*argv, "--socket", lab.routers["rb"].socket],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=str(ROOT),
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "pulse: backup inactive, peer running, VIPs none" in shown.stdout
