@@ -26,9 +26,10 @@ refuses to run, as piranha's did.
   (its checkers run on the backup too).
 * ``cold``: piranha's way. The dataplane is loaded at start (XDP: compiled and
   attached, so activation does not wait for a compile) but the director and the checks
-  start only on activation — adopting what the dataplane holds, like a daemon restart —
-  and stop on deactivation; the dataplane keeps its last state (harmless on the standby:
-  no traffic reaches it without the VIPs).
+  start only on activation — adopting what the dataplane holds, like a daemon restart,
+  and waiting for the first round of checks before the ARPs go out — and stop on
+  deactivation; the dataplane keeps its last state (harmless on the standby: no
+  traffic reaches it without the VIPs).
 
 With either, the XDP program stays attached on the standby: frames the client still
 sends to the old router's MAC during the ARP switch are forwarded to the same real
@@ -175,7 +176,32 @@ class Router(Daemon):
         if self.director is None:
             assert self.config is not None
             await self.start_director(self.config)
+            await self._first_checks(self.config)
         _log(logging.INFO, "active: serving the VIPs")
+
+    async def _first_checks(self, config: Config) -> None:
+        """Cold start of the director: wait (bounded by the longest check timeout) for
+        every server's first result and sync the dataplane before the ARPs go out, so
+        the first traffic finds the whole table (servers arriving one by one would move
+        flows between them meanwhile)."""
+        from .director import Health
+
+        d = self.director
+        bound = max((vs.timeout for vs in config.active_virtuals), default=1)
+        deadline = self.clock() + min(float(bound), 5.0)
+        while d is not None and self.clock() < deadline:
+            if all(d.health(k) is not Health.UNKNOWN for k in d.managed()):
+                break
+            await asyncio.sleep(0.01)
+        from .backends import BackendError
+
+        async with self._lock:
+            self._dirty.clear()
+            try:
+                await self._apply()
+            except BackendError as err:  # the applier retries
+                _log(logging.ERROR, "dataplane refused a change", error=err.message)
+                self._dirty.set()
 
     async def _on_deactivate(self) -> None:
         self._active = False

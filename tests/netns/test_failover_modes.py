@@ -91,3 +91,14 @@ def test_no_heartbeat_runs_the_director_alone(lab: Lab) -> None:
     assert "pulse" not in status
     assert not lab.has_vip("ra")
     assert "STARTING PULSE" not in lab.routers["ra"].log()
+
+
+def test_a_backup_marked_inactive_refuses_to_run(lab: Lab) -> None:
+    """§3.2 step 5: pulse exits on a backup with backup_active = 0, and so does the
+    router (exit status 1, the reason on stderr), leaving no VIP behind."""
+    lab.write_config(CONFIG.replace("backup_active = 1", "backup_active = 0"))
+    r = lab.start_router("rb")
+    assert r.proc is not None
+    assert r.proc.wait(120) == 1
+    assert "backup is marked inactive" in r.log()
+    assert not lab.has_vip("rb")
