@@ -102,3 +102,19 @@ def test_a_backup_marked_inactive_refuses_to_run(lab: Lab) -> None:
     assert r.proc.wait(120) == 1
     assert "backup is marked inactive" in r.log()
     assert not lab.has_vip("rb")
+
+
+def test_forceactive_takes_the_vips_back(lab: Lab) -> None:
+    """``--forceactive`` (§3.5): the primary starts active although the backup serves;
+    both are active for a heartbeat, then the backup yields and the master re-ARPs."""
+    lab.start_router("rb", "--garp-interval", "0.3")
+    lab.wait_state("rb", "active", timeout=90)  # alone: its dead timer
+    lab.wait("the client reaches rb", lambda: lab.names(1) != ["error"] and goes_to(lab, "rb"))
+    lab.start_router("ra", "--forceactive", "--garp-interval", "0.3")
+    lab.wait_state("rb", "inactive", timeout=90)
+    lab.wait("rb gave the VIP up", lambda: not lab.has_vip("rb"))
+    assert lab.pulse_state("ra") == "active" and lab.has_vip("ra")
+    lab.wait("ra sees every server", lambda: lab.servers_up("ra") == set(REALS))
+    lab.wait("the client goes to ra", lambda: goes_to(lab, "ra"))
+    names = lab.names(12)
+    assert "error" not in names and len(set(names)) > 1
