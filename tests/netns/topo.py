@@ -1,4 +1,5 @@
-"""Network-namespace topologies for live-traffic tests: namespaces, veths, bridges, servers.
+"""Network-namespace topologies for live-traffic tests: demo/netns.py's Topology with the
+tests' own prefix and real servers (servers.py), plus packet capture (tcpdump, pcap).
 
 Every namespace and host-side link a :class:`Topology` creates carries the run's
 unique prefix and is removed when the topology closes, also when a test fails; a
@@ -17,131 +18,47 @@ tests/netns/conftest.py)::
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import itertools
-import os
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-PREFIX = "lvsr"  # every namespace we create starts with this
+from demo import netns as _base
+from demo.netns import CLONE_NEWNET, Netns, inside, sh
+
+PREFIX = "lvsr"  # every namespace the tests create starts with this
 SERVER = Path(__file__).with_name("servers.py")
-_seq = itertools.count()
 
-
-def sh(*cmd: str, check: bool = True, timeout: float = 30) -> str:
-    """Run a command on the host; raise with its stderr when it fails."""
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    if check and r.returncode:
-        raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stderr.strip()}")
-    return r.stdout
+__all__ = [
+    "CLONE_NEWNET",
+    "PREFIX",
+    "Capture",
+    "Frame",
+    "Netns",
+    "Topology",
+    "inside",
+    "read_pcap",
+    "sh",
+    "sweep",
+]
 
 
 def sweep(prefix: str = PREFIX) -> None:
-    """Delete namespaces a killed earlier run left behind (ours only: by prefix and a
-    pid that no longer exists)."""
-    for line in sh("ip", "netns", "list", check=False).splitlines():
-        name = line.split()[0] if line.split() else ""
-        if not name.startswith(prefix + "-"):
-            continue
-        try:
-            pid = int(name.split("-")[1])
-        except (IndexError, ValueError):
-            continue
-        if pid != os.getpid() and not Path(f"/proc/{pid}").exists():
-            sh("ip", "netns", "del", name, check=False)
+    """Delete namespaces a killed earlier test run left behind (ours only)."""
+    _base.sweep(prefix)
 
 
-@dataclass
-class Netns:
-    """One network namespace; ``name`` is the kernel's name, ``role`` the test's."""
+class Topology(_base.Topology):
+    """demo.netns.Topology with the tests' prefix and their real servers
+    (tests/netns/servers.py: TCP greet-then-echo and UDP name answers)."""
 
-    name: str
-    role: str
-    procs: list[subprocess.Popen] = field(default_factory=list)
-
-    def run(self, *cmd: str, check: bool = True, timeout: float = 30) -> str:
-        return sh("ip", "netns", "exec", self.name, *cmd, check=check, timeout=timeout)
-
-    def ip(self, *args: str, check: bool = True) -> str:
-        return sh("ip", "-n", self.name, *args, check=check)
-
-    def addr(self, dev: str, cidr: str) -> None:
-        self.ip("addr", "add", cidr, "dev", dev)
-
-    def route(self, *args: str) -> None:
-        self.ip("route", "add", *args)
-
-    def sysctl(self, key: str, value: str | int) -> None:
-        self.run("sysctl", "-qw", f"{key}={value}")
-
-    def no_tx_offload(self, dev: str) -> None:
-        """Checksums in software: a veth leaves them to offload, and a frame that
-        crosses XDP loses that, so the receiver would drop it."""
-        self.run("ethtool", "-K", dev, "tx", "off")
-
-    def popen(self, *cmd: str, **kw) -> subprocess.Popen:
-        """Start a long-running process in the namespace; stopped when the topology closes."""
-        kw.setdefault("stdout", subprocess.PIPE)
-        kw.setdefault("stderr", subprocess.PIPE)
-        p = subprocess.Popen(["ip", "netns", "exec", self.name, *cmd], **kw)
-        self.procs.append(p)
-        return p
-
-    def python(self, code: str, *args: str, timeout: float = 60) -> str:
-        """Run a Python snippet in the namespace and return its stdout."""
-        return self.run(sys.executable, "-c", code, *args, timeout=timeout)
-
-
-class Topology:
-    """Owns namespaces, host-side links and processes; ``close()`` removes them all."""
+    prefix = PREFIX
 
     def __init__(self, tag: str = "t") -> None:
-        sweep()
+        super().__init__()
         self.tag = tag
-        self.spaces: list[Netns] = []
-        self.host_links: list[str] = []
 
-    def netns(self, role: str) -> Netns:
-        name = f"{PREFIX}-{os.getpid()}-{next(_seq)}-{role}"[:48]
-        sh("ip", "netns", "add", name)
-        ns = Netns(name, role)
-        self.spaces.append(ns)
-        ns.ip("link", "set", "lo", "up")
-        return ns
-
-    def veth(self, a: Netns | None, a_dev: str, b: Netns | None, b_dev: str) -> None:
-        """A veth pair with one end in each namespace (``None`` = the host), both up."""
-        tmp_a, tmp_b = (
-            f"lv{os.getpid() % 10000}a{next(_seq)}",
-            f"lv{os.getpid() % 10000}b{next(_seq)}",
-        )
-        sh("ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b)
-        for tmp, ns, dev in ((tmp_a, a, a_dev), (tmp_b, b, b_dev)):
-            if ns is None:
-                sh("ip", "link", "set", tmp, "name", dev)
-                sh("ip", "link", "set", dev, "up")
-                self.host_links.append(dev)
-            else:
-                sh("ip", "link", "set", tmp, "netns", ns.name)
-                ns.ip("link", "set", tmp, "name", dev)
-                ns.ip("link", "set", dev, "up")
-
-    def bridge(self, ns: Netns, dev: str = "br0") -> str:
-        """A bridge inside ``ns`` (an L2 segment); attach ports with :meth:`attach`."""
-        ns.ip("link", "add", dev, "type", "bridge")
-        ns.ip("link", "set", dev, "up")
-        return dev
-
-    def attach(self, ns: Netns, port: str, bridge: str = "br0") -> None:
-        ns.ip("link", "set", port, "master", bridge)
-
-    def serve(
+    def serve(  # type: ignore[override]
         self,
         ns: Netns,
         *,
@@ -157,62 +74,7 @@ class Topology:
             args += ["--tcp", str(p)]
         for p in udp:
             args += ["--udp", str(p)]
-        proc = ns.popen(*args, text=True)
-        line = proc.stdout.readline() if proc.stdout else ""
-        if line.strip() != "ready":
-            proc.kill()
-            raise RuntimeError(f"server {name} in {ns.role} did not start: {proc.stderr.read()}")
-        return proc
-
-    def close(self) -> None:
-        for ns in self.spaces:
-            for p in ns.procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 3
-            for p in ns.procs:
-                try:
-                    p.wait(max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for dev in self.host_links:
-            sh("ip", "link", "del", dev, check=False)
-        for ns in reversed(self.spaces):
-            sh("ip", "netns", "del", ns.name, check=False)
-        self.spaces.clear()
-        self.host_links.clear()
-
-    def __enter__(self) -> Topology:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-CLONE_NEWNET = 0x40000000
-
-
-@contextlib.contextmanager
-def inside(ns: Netns) -> Iterator[None]:
-    """Run the body with the calling thread in ``ns``'s network namespace (setns), and
-    come back afterwards: for in-process work such as attaching an XDP program by
-    interface name or opening a netlink socket there. Sockets opened inside stay in
-    ``ns``."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-    try:
-        if libc.setns(target, CLONE_NEWNET):
-            raise OSError(ctypes.get_errno(), f"setns into {ns.name}")
-        try:
-            yield
-        finally:
-            if libc.setns(home, CLONE_NEWNET):
-                raise OSError(ctypes.get_errno(), "setns back to the test's namespace")
-    finally:
-        os.close(target)
-        os.close(home)
+        return self.start_ready(ns, args, f"server {name}")
 
 
 @dataclass(frozen=True)
