@@ -228,6 +228,9 @@ class LbMaps:
                     f"bytes, maps.py {ct.sizeof(key)}/{ct.sizeof(value)}"
                 )
         self._t = {name: bpf[name.encode()] for name in LAYOUTS}
+        # writes to the maps sync owns (services, VIPs, reals, rings, globals): lets
+        # XdpDataplane notice a write that bypassed it, and tests count sync's writes
+        self.writes = 0
 
     # services and VIPs
     def set_service(
@@ -236,6 +239,7 @@ class LbMaps:
         """Write the service under its key and under its index (``service_info``,
         which tracked flows are checked against); the index first, so that no packet
         finds the key before the index says the same."""
+        self.writes += 1
         index, flags, persist_s, pmask = value
         key = ServiceKey(be32(vip), be16(port), proto, 0)
         svc = Service(index, flags, persist_s, be32(pmask))
@@ -248,6 +252,7 @@ class LbMaps:
         """Remove the key, and clear its index unless another service holds it now
         (then the flows tracked for the old one no longer match and are dropped or
         rescheduled)."""
+        self.writes += 1
         t = self._t["services"]
         key = ServiceKey(be32(vip), be16(port), proto, 0)
         k = _cast(key, t.Key)
@@ -282,10 +287,12 @@ class LbMaps:
         return out
 
     def set_vip(self, vip: IPv4Address, proto: int, services: int) -> None:
+        self.writes += 1
         t = self._t["vips"]
         t[_cast(VipKey(be32(vip), proto), t.Key)] = t.Leaf(services)
 
     def delete_vip(self, vip: IPv4Address, proto: int) -> None:
+        self.writes += 1
         t = self._t["vips"]
         del t[_cast(VipKey(be32(vip), proto), t.Key)]
 
@@ -298,6 +305,7 @@ class LbMaps:
 
     # real servers
     def set_real(self, index: int, addr: IPv4Address | None, mac: bytes, flags: int) -> None:
+        self.writes += 1
         if not 0 < index < self.sizes.max_reals:
             raise IndexError(f"real index {index} outside 1..{self.sizes.max_reals - 1}")
         t = self._t["reals"]
@@ -314,6 +322,7 @@ class LbMaps:
         """Write ``real_ids`` (0 = empty) at ``slots`` of the service's table, batched."""
         if not len(slots):
             return
+        self.writes += 1
         t = self._t["rings"]
         keys = (slots.astype(np.uint32) + np.uint32(service * self.sizes.ring_size)).astype(
             np.uint32
@@ -333,6 +342,7 @@ class LbMaps:
 
     # globals
     def set_globals(self, tunnel_src: IPv4Address, vary_bits: int) -> None:
+        self.writes += 1
         vary = (0xFFFFFFFF >> (32 - vary_bits)) if vary_bits else 0
         t = self._t["globals"]
         t[t.Key(0)] = _cast(Globals(be32(tunnel_src), be32(vary)), t.Leaf)

@@ -50,6 +50,12 @@ class RealState:
 
 
 log = logging.getLogger(__name__)
+_HEALTHY = RealState()
+# a table is a function of (members at their configured weights, positions taken out)
+_TableKey = tuple[tuple[maglev.Member, ...], frozenset[int]]
+# maglev.without results kept (one ring's positions each: 4 bytes a slot), so that a
+# server going down, up and down again costs its table once
+_POSITIONS_KEPT = 64
 # what a map holds, for the warning when a resized map is replaced
 _CONTENT = {
     "conntrack": "tracked flows",
@@ -141,9 +147,18 @@ class XdpDataplane:
         finally:
             for fd, _shape in old.values():
                 os.close(fd)
+        # What this process last wrote, so that a sync costs what changed, not the
+        # size of the config (the daemon syncs after every health event):
         self._written: dict[int, np.ndarray] = {}  # service index -> real ids written
+        self._written_from: dict[int, _TableKey] = {}  # ... and what they came from
+        self._reals: dict[int, tuple[IPv4Address, bytes, int]] = {}  # index -> entry
+        self._globals: tuple[IPv4Address, int] | None = None
         self._bases: dict[tuple, np.ndarray] = {}
+        self._positions: dict[_TableKey, np.ndarray] = {}  # maglev.without results
+        self._ids: dict[int, np.ndarray] = {}  # service index -> position -> real index
         self._stale_cleared = False
+        self._services_synced = False  # services and VIPs depend on the plan only
+        self._writes_seen: int | None = None  # maps.writes after our last sync
 
     @property
     def prog_fd(self) -> int:
@@ -212,25 +227,59 @@ class XdpDataplane:
         return replaced
 
     # desired state -> maps
+    def _table_key(self, svc: ServicePlan, state: Mapping[int, RealState]) -> _TableKey:
+        """What the service's table is a function of: its members at their configured
+        table weights and the positions taken out (failed, or run-time weight 0)."""
+        members, out = [], []
+        for i, r in enumerate(svc.reals):
+            st = state.get(r.index, _HEALTHY)
+            weight = r.table_weight if st.weight is None else svc.table_weight(st.weight)
+            if st.failed or weight == 0:
+                out.append(i)
+                weight = r.table_weight  # keeps its configured place in the base table
+            members.append(maglev.Member(r.key, weight))
+        return tuple(members), frozenset(out)
+
+    def _table_positions(self, key: _TableKey) -> np.ndarray:
+        members, out = key
+        base_key = (members, self.plan.sizes.ring_size)
+        base = self._bases.get(base_key)
+        if base is None:
+            base = self._bases[base_key] = maglev.build(members, self.plan.sizes.ring_size)
+        if not out:
+            return base
+        positions = self._positions.get(key)
+        if positions is None:
+            positions = maglev.without(base, members, out)
+            if len(self._positions) >= _POSITIONS_KEPT:  # drop the oldest
+                del self._positions[next(iter(self._positions))]
+            self._positions[key] = positions
+        return positions
+
+    def _real_ids(self, svc: ServicePlan) -> np.ndarray:
+        ids = self._ids.get(svc.index)
+        if ids is None:
+            ids = np.array([r.index for r in svc.reals] + [0], dtype=np.uint32)
+            self._ids[svc.index] = ids
+        return ids
+
     def table(self, svc: ServicePlan, state: Mapping[int, RealState]) -> np.ndarray:
         """The service's Maglev table as real indexes (0 = empty). Failed and
         quiesced (run-time weight 0) servers are taken out of the table of the other
         weights, so no other server's slots move."""
-        members, out = [], set()
-        for i, r in enumerate(svc.reals):
-            st = state.get(r.index, RealState())
-            weight = r.table_weight if st.weight is None else svc.table_weight(st.weight)
-            if st.failed or weight == 0:
-                out.add(i)
-                weight = r.table_weight  # keeps its configured place in the base table
-            members.append(maglev.Member(r.key, weight))
-        key = (tuple(members), self.plan.sizes.ring_size)
-        base = self._bases.get(key)
-        if base is None:
-            base = self._bases[key] = maglev.build(members, self.plan.sizes.ring_size)
-        positions = maglev.without(base, members, out) if out else base
-        ids = np.array([r.index for r in svc.reals] + [0], dtype=np.uint32)
-        return ids[positions]  # EMPTY (-1) picks the trailing 0
+        positions = self._table_positions(self._table_key(svc, state))
+        return self._real_ids(svc)[positions]  # EMPTY (-1) picks the trailing 0
+
+    def _forget_if_bypassed(self) -> None:
+        """Someone wrote the maps through ``self.maps`` but not through sync (a test,
+        ``lvs-router`` removing its services): what we remember writing may be false
+        now, so this sync compares with the maps and rewrites the tables whole."""
+        if self._writes_seen is not None and self.maps.writes != self._writes_seen:
+            self._reals.clear()
+            self._written.clear()
+            self._written_from.clear()
+            self._globals = None
+            self._services_synced = False
 
     def sync(
         self,
@@ -241,30 +290,61 @@ class XdpDataplane:
         tunnel_vary_bits: int = 16,
     ) -> None:
         """Make the maps say what the plan and the run-time ``state`` (by real index)
-        say. ``macs`` maps each real server address to its next-hop MAC."""
+        say. ``macs`` maps each real server address to its next-hop MAC.
+
+        Costs what changed since the last sync: a real's entry is written only when
+        it differs from what this process last wrote (the first sync compares with
+        the maps, which may be adopted), a table is recomputed only when its members
+        or taken-out set changed, and services and VIPs, which depend on the plan
+        only, are compared with the maps on the first sync alone."""
         state = state or {}
         plan, m = self.plan, self.maps
-        missing = sorted({r.address for r in plan.reals if r.address not in macs})
+        reals = plan.reals
+        missing = sorted({r.address for r in reals if r.address not in macs})
         if missing:
             raise MissingMac(missing)
-        m.set_globals(tunnel_source, tunnel_vary_bits)
-        for r in plan.reals:
-            st = state.get(r.index, RealState())
+        self._forget_if_bypassed()
+        if self._globals != (tunnel_source, tunnel_vary_bits):
+            m.set_globals(tunnel_source, tunnel_vary_bits)
+            self._globals = (tunnel_source, tunnel_vary_bits)
+        known = self._reals
+        for r in reals:
+            st = state.get(r.index, _HEALTHY)
             weight = r.weight if st.weight is None else st.weight
             flags = (REAL_F_FAILED if st.failed else 0) | (REAL_F_QUIESCED if weight == 0 else 0)
-            m.set_real(r.index, r.address, macs[r.address], flags)
+            entry = (r.address, macs[r.address].ljust(6, b"\0"), flags)
+            have = known.get(r.index)
+            if have is None:  # first sync: what the maps hold (maybe adopted)
+                e = m.real(r.index)
+                have = (e.addr, e.mac, e.flags)
+            if have != entry:
+                m.set_real(r.index, r.address, entry[1], flags)
+            known[r.index] = entry
         if not self._stale_cleared:  # entries a previous program left behind
-            for i in range(len(plan.reals) + 1, plan.sizes.max_reals):
+            for i in range(len(reals) + 1, plan.sizes.max_reals):
                 if m.real(i).addr != IPv4Address(0):
                     m.set_real(i, None, b"", REAL_F_FAILED)  # its flows reschedule
             self._stale_cleared = True
         for svc in plan.services:
-            new = self.table(svc, state)
+            key = self._table_key(svc, state)
+            if self._written_from.get(svc.index) == key and svc.index in self._written:
+                continue
+            new = self._real_ids(svc)[self._table_positions(key)]
             slots, values = maglev.diff(self._written.get(svc.index), new)
             m.write_ring(svc.index, slots, values)
             self._written[svc.index] = new
+            self._written_from[svc.index] = key
+        if not self._services_synced:
+            self._sync_services()
+            self._services_synced = True
+        self._writes_seen = m.writes
+
+    def _sync_services(self) -> None:
+        """Services and VIPs as the plan says (after the tables, so that no packet
+        finds a service whose table is not written yet)."""
+        m = self.maps
         wanted = {}
-        for svc in plan.services:
+        for svc in self.plan.services:
             key = (svc.vip, svc.port, svc.proto)
             wanted[key] = (svc.index, svc.flags, svc.persist_s, svc.pmask)
         present = m.services()
