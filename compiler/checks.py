@@ -1142,13 +1142,20 @@ _IGNORED_GLOBAL = tuple(k for k, kw in GLOBAL.items() if kw.ignored)
 _IGNORED_VIRTUAL = tuple(k for k, kw in VIRTUAL.items() if kw.ignored)
 
 
+# What lvs-router does with a keyword piranha ignored, where it gives it a meaning.
+_IGNORED_HELP = {
+    "heartbeat": "lvs-router gives it a meaning: with `heartbeat = 1`, `lvs-router run` "
+    "runs pulse (heartbeats, VIP takeover) in the router process",
+}
+
+
 def _ignored(keyword: str, span: Span) -> Diagnostic:
     why = _IGNORED_WHY.get(keyword, "no daemon reads it")
     return make(
         codes.IGNORED_KEYWORD,
         f"`{keyword}` is parsed but never used by piranha: {why}",
         span,
-        help="harmless; GUI-written files contain it",
+        help=_IGNORED_HELP.get(keyword, "harmless; GUI-written files contain it"),
     )
 
 
