@@ -7,8 +7,9 @@ balancer on non-VIP packets (a SYN: one service lookup; an ACK: conntrack miss a
 service lookup), an established flow (conntrack hit, direct routing), a new flow
 (SYN: service lookup, hash, Maglev slot, conntrack insert; once for the same 5-tuple
 every call, once for a fresh 5-tuple every call) and tunnel encapsulation of an
-established UDP flow; then a Maglev rebuild for 100 real servers and "server down ->
-maps updated".
+established UDP flow; then a Maglev rebuild for 100 real servers, "server down ->
+maps updated", and what the daemon pays per health event: a sync of 1,000 real
+servers (50 services x 20) with one server going down.
 
 BPF_PROG_RUN with repeat=1 in a loop (the program rewrites packets, and with
 repeat > 1 the kernel would feed it its own output), pinned to one CPU; medians of
@@ -121,6 +122,44 @@ def load() -> str:
     return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def daemon_sync() -> None:
+    """What the daemon pays per health event: ``sync`` with 1,000 real servers (50
+    services x 20), one server going down, from all healthy and with 3 of every 20
+    servers already down (every table then has servers taken out)."""
+    svc = " virtual v%d {\n  active = 1\n  address = 198.18.0.%d eth0:1\n  port = 80\n%s }\n"
+    text = "network = direct\n" + "".join(
+        svc % (s, 10 + s, "".join(SERVER % (k, 1 + s, 1 + k, 1 + k % 4) for k in range(20)))
+        for s in range(50)
+    )  # distinct servers in every service: no two tables alike
+    result = compile_text("daemon.cf", text)
+    assert result.ok, result.diagnostics
+    p = plan(result.config, Sizes(max_services=64, max_reals=1024, ct_size=65521))
+    dp = XdpDataplane(p, pin_dir=None)
+    macs = {r.address: b"\x02\0\0\0\0\x01" for r in p.reals}
+    t = time.perf_counter()
+    dp.sync(macs)
+    first = time.perf_counter() - t
+    some = {s.reals[k].index: RealState(failed=True) for s in p.services for k in (0, 5, 10)}
+    for name, base in (("all healthy", {}), ("3/20 already down", some)):
+        dp.sync(macs, base)
+        times = []
+        for i in range(9):
+            victim = p.services[i].reals[3].index
+            t = time.perf_counter()
+            dp.sync(macs, {**base, victim: RealState(failed=True)})
+            times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        dp.sync(macs, {**base, victim: RealState(failed=True)})
+        same = time.perf_counter() - t
+        print(
+            f"daemon sync, 1,000 reals, one server down ({name}): median "
+            f"{statistics.median(times) * 1e3:.1f} ms, max {max(times) * 1e3:.1f} ms; "
+            f"unchanged {same * 1e3:.1f} ms"
+        )
+    print(f"daemon sync, 1,000 reals, first sync: {first:.2f} s")
+    dp.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=2000)
@@ -221,6 +260,7 @@ def main() -> int:
         down.append(time.perf_counter() - t)
         dp2.sync(macs2)
     print(f"server down -> maps updated (100 servers, sync): {min(down) * 1e3:.1f} ms (best of 5)")
+    daemon_sync()
     print(f"end: {load()}")
     return 0
 

@@ -53,9 +53,10 @@ log = logging.getLogger(__name__)
 _HEALTHY = RealState()
 # a table is a function of (members at their configured weights, positions taken out)
 _TableKey = tuple[tuple[maglev.Member, ...], frozenset[int]]
-# maglev.without results kept (one ring's positions each: 4 bytes a slot), so that a
-# server going down, up and down again costs its table once
-_POSITIONS_KEPT = 64
+# maglev.without results kept per service (one ring's positions each: 4 bytes a
+# slot): the written table's and the one before, so that a server going down and
+# back up (or flapping) costs its table once
+_POSITIONS_KEPT = 2
 # what a map holds, for the warning when a resized map is replaced
 _CONTENT = {
     "conntrack": "tracked flows",
@@ -154,7 +155,7 @@ class XdpDataplane:
         self._reals: dict[int, tuple[IPv4Address, bytes, int]] = {}  # index -> entry
         self._globals: tuple[IPv4Address, int] | None = None
         self._bases: dict[tuple, np.ndarray] = {}
-        self._positions: dict[_TableKey, np.ndarray] = {}  # maglev.without results
+        self._positions: dict[int, dict[_TableKey, np.ndarray]] = {}  # maglev.without
         self._ids: dict[int, np.ndarray] = {}  # service index -> position -> real index
         self._stale_cleared = False
         self._services_synced = False  # services and VIPs depend on the plan only
@@ -240,7 +241,7 @@ class XdpDataplane:
             members.append(maglev.Member(r.key, weight))
         return tuple(members), frozenset(out)
 
-    def _table_positions(self, key: _TableKey) -> np.ndarray:
+    def _table_positions(self, service: int, key: _TableKey) -> np.ndarray:
         members, out = key
         base_key = (members, self.plan.sizes.ring_size)
         base = self._bases.get(base_key)
@@ -248,12 +249,13 @@ class XdpDataplane:
             base = self._bases[base_key] = maglev.build(members, self.plan.sizes.ring_size)
         if not out:
             return base
-        positions = self._positions.get(key)
+        kept = self._positions.setdefault(service, {})
+        positions = kept.pop(key, None)
         if positions is None:
             positions = maglev.without(base, members, out)
-            if len(self._positions) >= _POSITIONS_KEPT:  # drop the oldest
-                del self._positions[next(iter(self._positions))]
-            self._positions[key] = positions
+            while len(kept) >= _POSITIONS_KEPT:  # drop the least recently used
+                del kept[next(iter(kept))]
+        kept[key] = positions
         return positions
 
     def _real_ids(self, svc: ServicePlan) -> np.ndarray:
@@ -267,7 +269,7 @@ class XdpDataplane:
         """The service's Maglev table as real indexes (0 = empty). Failed and
         quiesced (run-time weight 0) servers are taken out of the table of the other
         weights, so no other server's slots move."""
-        positions = self._table_positions(self._table_key(svc, state))
+        positions = self._table_positions(svc.index, self._table_key(svc, state))
         return self._real_ids(svc)[positions]  # EMPTY (-1) picks the trailing 0
 
     def _forget_if_bypassed(self) -> None:
@@ -329,7 +331,7 @@ class XdpDataplane:
             key = self._table_key(svc, state)
             if self._written_from.get(svc.index) == key and svc.index in self._written:
                 continue
-            new = self._real_ids(svc)[self._table_positions(key)]
+            new = self._real_ids(svc)[self._table_positions(svc.index, key)]
             slots, values = maglev.diff(self._written.get(svc.index), new)
             m.write_ring(svc.index, slots, values)
             self._written[svc.index] = new
