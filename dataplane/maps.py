@@ -36,6 +36,10 @@ GLOBAL_COUNTERS = (
     "rescheduled",
     "persist_hit",
     "drop_unsupported",
+    "nat_in",
+    "nat_out",
+    "nat_expired",
+    "pass_nat_no_flow",
 )
 
 
@@ -94,6 +98,26 @@ class FlowState(ct.Structure):
         ("addr", ct.c_uint32),
         ("service", ct.c_uint32),
         ("hash", ct.c_uint32),
+        ("last_ns", ct.c_uint64),
+        ("mac", ct.c_uint8 * 6),
+        ("closing", ct.c_uint8),
+        ("pad", ct.c_uint8),
+    ]
+
+
+class NatBack(ct.Structure):
+    _fields_ = [("vip", ct.c_uint32), ("vport", ct.c_uint16), ("pad", ct.c_uint16)]
+
+
+class NatConfig(ct.Structure):
+    _fields_ = [
+        ("priv_mac", ct.c_uint8 * 6),
+        ("pub_mac", ct.c_uint8 * 6),
+        ("pad", ct.c_uint32),
+        ("tcp_ns", ct.c_uint64),
+        ("tcpfin_ns", ct.c_uint64),
+        ("udp_ns", ct.c_uint64),
+        ("clock_offset_ns", ct.c_uint64),
     ]
 
 
@@ -127,12 +151,16 @@ LAYOUTS: dict[str, tuple[Any, Any]] = {
     "service_stats": (U32, Counters),
     "real_stats": (U32, Counters),
     "global_stats": (U32, U64),
+    "nat_rev": (FlowKey, NatBack),
+    "real_ports": (U32, ct.c_uint16),
+    "tx_ports": (U32, U32),
+    "nat_config": (U32, NatConfig),
 }
 
 
 # what the kernel reports for each map of the program (bpf_map_info), to tell whether
 # a pinned map from an earlier program can be adopted as it is
-HASH, ARRAY, PERCPU_ARRAY, LRU_HASH = 1, 2, 6, 9
+HASH, ARRAY, PERCPU_ARRAY, LRU_HASH, DEVMAP = 1, 2, 6, 9, 14
 F_NO_COMMON_LRU = 1 << 1
 KINDS = {
     "services": (HASH, 0),
@@ -146,8 +174,12 @@ KINDS = {
     "service_stats": (PERCPU_ARRAY, 0),
     "real_stats": (PERCPU_ARRAY, 0),
     "global_stats": (PERCPU_ARRAY, 0),
+    "nat_rev": (LRU_HASH, 0),
+    "real_ports": (ARRAY, 0),
+    "tx_ports": (DEVMAP, 0),
+    "nat_config": (ARRAY, 0),
 }
-GLOBAL_SLOTS = 16  # GLOBAL_COUNTERS in lb_consts.h
+GLOBAL_SLOTS = 24  # GLOBAL_COUNTERS in lb_consts.h
 
 
 def possible_cpus() -> int:
@@ -184,6 +216,10 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "service_stats": sizes.max_services,
         "real_stats": sizes.max_reals,
         "global_stats": GLOBAL_SLOTS,
+        "nat_rev": sizes.ct_size,
+        "real_ports": sizes.max_reals,
+        "tx_ports": 2,
+        "nat_config": 1,
     }
     out = {}
     for name, (key, value) in LAYOUTS.items():
@@ -347,6 +383,69 @@ class LbMaps:
         t = self._t["globals"]
         t[t.Key(0)] = _cast(Globals(be32(tunnel_src), be32(vary)), t.Leaf)
 
+    # NAT
+    def set_real_port(self, index: int, port: int) -> None:
+        """The real server's port for NAT port mapping (0: keep the VIP's port)."""
+        t = self._t["real_ports"]
+        t[t.Key(index)] = t.Leaf(be16(port))
+
+    def real_port(self, index: int) -> int:
+        t = self._t["real_ports"]
+        return socket.ntohs(t[t.Key(index)].value)
+
+    def set_nat_ports(self, private_ifindex: int, public_ifindex: int) -> None:
+        """Where NAT frames leave: towards the real servers, towards the clients."""
+        t = self._t["tx_ports"]
+        t[t.Key(0)] = t.Leaf(private_ifindex)
+        t[t.Key(1)] = t.Leaf(public_ifindex)
+
+    def set_nat_config(
+        self, private_mac: bytes, public_mac: bytes, timeouts: tuple[int, int, int]
+    ) -> None:
+        """Source MACs of both sides and the (tcp, tcpfin, udp) idle timeouts in
+        seconds; keeps the clock offset."""
+        t = self._t["nat_config"]
+        old = NatConfig.from_buffer_copy(bytes(t[t.Key(0)]))
+        tcp, fin, udp = (int(x * 1e9) for x in timeouts)
+        value = NatConfig(
+            (ct.c_uint8 * 6)(*private_mac),
+            (ct.c_uint8 * 6)(*public_mac),
+            0,
+            tcp,
+            fin,
+            udp,
+            old.clock_offset_ns,
+        )
+        t[t.Key(0)] = _cast(value, t.Leaf)
+
+    def nat_config(self) -> NatConfig:
+        t = self._t["nat_config"]
+        return NatConfig.from_buffer_copy(bytes(t[t.Key(0)]))
+
+    def advance_nat_clock(self, seconds: float) -> None:
+        """Move the NAT flows' clock forward (tests: timeouts without waiting)."""
+        t = self._t["nat_config"]
+        value = NatConfig.from_buffer_copy(bytes(t[t.Key(0)]))
+        value.clock_offset_ns += int(seconds * 1e9)
+        t[t.Key(0)] = _cast(value, t.Leaf)
+
+    def nat_flows(self) -> dict[tuple, tuple[IPv4Address, int]]:
+        """Reply 5-tuples (RIP, rport, client, cport, proto) -> (VIP, vport)."""
+        out = {}
+        for k, v in self._t["nat_rev"].items():
+            key = FlowKey.from_buffer_copy(bytes(k))
+            val = NatBack.from_buffer_copy(bytes(v))
+            out[
+                (
+                    IPv4Address(socket.ntohl(key.saddr)),
+                    socket.ntohs(key.sport),
+                    IPv4Address(socket.ntohl(key.daddr)),
+                    socket.ntohs(key.dport),
+                    key.proto,
+                )
+            ] = (IPv4Address(socket.ntohl(val.vip)), socket.ntohs(val.vport))
+        return out
+
     # state
     def flows(self) -> dict[tuple, tuple[int, IPv4Address]]:
         out = {}
@@ -367,6 +466,7 @@ class LbMaps:
     def clear_flows(self) -> None:
         self._t["conntrack"].clear()
         self._t["persist"].clear()
+        self._t["nat_rev"].clear()
 
     def age_persistence(self, seconds: float) -> None:
         """Make every persistence template ``seconds`` older (tests, operators)."""

@@ -32,11 +32,14 @@ SVC_F_TUNNEL = 1 << 0
 SVC_F_PERSIST = 1 << 1
 SVC_F_HASH_SRC = 1 << 2
 SVC_F_HASH_DST = 1 << 3
+SVC_F_NAT = 1 << 4
 # struct real.flags
 REAL_F_FAILED = 1 << 0
 REAL_F_QUIESCED = 1 << 1
 
 PROTO = {Protocol.TCP: 6, Protocol.UDP: 17}
+# IPVS's idle timeouts (ipvsadm --set): tcp, tcpfin, udp seconds, for lvs.cf's 0 (unset)
+IPVS_TIMEOUTS = (900, 120, 300)
 
 _HASH = {
     Scheduler.RR: ("flow", None),
@@ -149,6 +152,8 @@ class Plan:
     features: frozenset[str]
     sizes: Sizes
     notes: tuple[PlanNote, ...] = ()
+    # NAT idle timeouts in seconds: lvs.cf tcp_timeout, tcpfin_timeout, udp_timeout
+    timeouts: tuple[int, int, int] = IPVS_TIMEOUTS
 
     @property
     def reals(self) -> tuple[RealPlan, ...]:
@@ -175,12 +180,6 @@ def _service(
     vs = group[0]  # virtuals sharing an fwmark and VIP: the first one's settings
     span = vs.span
     method = config.forwarding(vs)
-    if method is Network.NAT:
-        raise PlanError(
-            f"virtual {vs.name}: network = nat is not supported by the XDP dataplane yet",
-            vs.spans.get("network", span) if vs.network else config.spans.get("network", span),
-            "use network = direct or network = tunnel, or --dataplane ipvs",
-        )
     if vs.address is None:
         raise PlanError(f"virtual {vs.name} has no address", span)
     vip = _ipv4(vs.address, f"virtual {vs.name}: address", span)
@@ -205,7 +204,7 @@ def _service(
                     member.spans.get("fwmark", member.span),
                 )
             )
-    flags = SVC_F_TUNNEL if method is Network.TUNNEL else 0
+    flags = {Network.TUNNEL: SVC_F_TUNNEL, Network.NAT: SVC_F_NAT}.get(method, 0)
     if hash_by == "source":
         flags |= SVC_F_HASH_SRC
     elif hash_by == "destination":
@@ -219,7 +218,8 @@ def _service(
             if not rs.active:
                 continue
             address = _ipv4(rs.address, f"server {rs.name}: address", rs.span)
-            if port and rs.port != vs.port:
+            nat = method is Network.NAT
+            if port and rs.port != vs.port and not nat:
                 notes.append(
                     PlanNote(
                         f"virtual {vs.name}: server {rs.name} port {rs.port} is ignored: "
@@ -227,7 +227,8 @@ def _service(
                         rs.spans.get("port", rs.span),
                     )
                 )
-            rport = vs.port if port else rs.port
+            # NAT maps ports (0: the VIP's port); the other methods keep the port
+            rport = (rs.port or vs.port) if nat and port else vs.port if port else rs.port
             if any(r.key == f"{address}:{rport}" for r in reals):
                 continue  # as in IPVS: each (RIP, port) once, the first one's weight
             reals.append(
@@ -290,7 +291,7 @@ def plan(config: Config, sizes: Sizes | None = None) -> Plan:
         sizes = dataclasses.replace(sizes, max_reals=-(-next_real // 1024) * 1024)
     features = set()
     for s in services:
-        features.add("tunnel" if s.method is Network.TUNNEL else "direct")
+        features.add({Network.TUNNEL: "tunnel", Network.NAT: "nat"}.get(s.method, "direct"))
         if s.flags & SVC_F_PERSIST:
             features.add("persistence")
         if s.port == 0:
@@ -299,8 +300,14 @@ def plan(config: Config, sizes: Sizes | None = None) -> Plan:
             features.add("sh")
         if s.flags & SVC_F_HASH_DST:
             features.add("dh")
+    set_ = (config.tcp_timeout, config.tcpfin_timeout, config.udp_timeout)
+    timeouts = tuple(mine or ipvs for mine, ipvs in zip(set_, IPVS_TIMEOUTS, strict=True))
     return Plan(
-        services=tuple(services), features=frozenset(features), sizes=sizes, notes=tuple(notes)
+        services=tuple(services),
+        features=frozenset(features),
+        sizes=sizes,
+        notes=tuple(notes),
+        timeouts=timeouts,  # type: ignore[arg-type]
     )
 
 

@@ -35,6 +35,7 @@ from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, ServicePlan
 XDP_FLAGS_SKB_MODE = 1 << 1
 XDP_FLAGS_DRV_MODE = 1 << 2
 PROGRAM = "lb_ingress"
+NAT_PROGRAM = "lb_nat_return"  # network = nat: the replies, on the private interface
 # outer source of IPIP packets: 172.16.0.0/16 with the low 16 bits from the flow hash
 TUNNEL_SOURCE = IPv4Address("172.16.0.0")
 
@@ -362,6 +363,37 @@ class XdpDataplane:
             m.delete_vip(vip, proto)
         for key in set(present) - set(wanted):
             m.delete_service(*key)
+
+    # network = nat
+    def configure_nat(
+        self,
+        *,
+        private_ifindex: int,
+        public_ifindex: int,
+        private_mac: bytes,
+        public_mac: bytes,
+    ) -> None:
+        """Where NAT frames go (the devmap: private side for requests, public side
+        for replies), the source MACs of both sides, the plan's idle timeouts, and
+        each real server's port (port mapping). Separate from :meth:`sync`: these
+        change with the interfaces, not with health checks."""
+        m = self.maps
+        m.set_nat_ports(private_ifindex, public_ifindex)
+        m.set_nat_config(private_mac, public_mac, self.plan.timeouts)
+        for r in self.plan.reals:
+            m.set_real_port(r.index, r.port)
+
+    @property
+    def nat_fn(self) -> object:
+        """The reply path's entry point (same object, same maps)."""
+        fn = getattr(self, "_nat_fn", None)
+        if fn is None:
+            fn = self._nat_fn = self.bpf.load_func(NAT_PROGRAM.encode(), _bcc().XDP)
+        return fn
+
+    def attach_nat(self, ifname: str, mode: str = "native") -> str:
+        """Attach the reply path to the private interface; returns the mode used."""
+        return attach_xdp(self.nat_fn, ifname, mode)
 
     # attachment
     def attach(self, ifname: str, mode: str = "native") -> str:

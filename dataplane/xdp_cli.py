@@ -3,13 +3,15 @@ runtime/cli.py so the CLI only has to dispatch to them.
 
 ``apply_xdp(args)`` needs ``args.config`` (lvs.cf path), ``args.interface``,
 ``args.real_mac`` (list of ``RIP=MAC``, may be empty), ``args.xdp_mode``
-(``native``/``generic``/``auto``) and ``args.dialect`` (optional);
+(``native``/``generic``/``auto``), ``args.dialect`` (optional) and, for
+``network = nat``, ``args.nat_interface`` (the interface towards the real servers);
 ``show_xdp(args)`` needs ``args.config``. Both return an exit status.
 """
 
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from ipaddress import IPv4Address
 from typing import Any
@@ -34,6 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="next-hop MAC of a real server (default: the neighbour table)",
     )
     p.add_argument("--xdp-mode", choices=["native", "generic", "auto"], default="native")
+    p.add_argument(
+        "--nat-interface",
+        metavar="IF",
+        help="network = nat: the interface towards the real servers (gets the reply path)",
+    )
 
 
 def _plan(args: Any) -> Plan | None:
@@ -82,6 +89,12 @@ def neighbour_macs(addresses: list[IPv4Address]) -> dict[IPv4Address, bytes]:
     return found
 
 
+def interface_mac(ifname: str) -> bytes:
+    """The interface's own MAC address (the source of frames we send from it)."""
+    with open(f"/sys/class/net/{ifname}/address") as f:
+        return bytes.fromhex(f.read().strip().replace(":", ""))
+
+
 def apply_xdp(args: Any) -> int:
     from .xdp import XdpDataplane
 
@@ -90,6 +103,14 @@ def apply_xdp(args: Any) -> int:
         return EXIT_ERRORS
     if not args.interface:
         print("lvs-router: --dataplane xdp needs --interface", file=sys.stderr)
+        return EXIT_USAGE
+    nat_if = getattr(args, "nat_interface", None)
+    if "nat" in p.features and not nat_if:
+        print(
+            "lvs-router: network = nat needs --nat-interface (the interface towards the "
+            "real servers)",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     try:
         macs = parse_macs(args.real_mac)
@@ -111,12 +132,23 @@ def apply_xdp(args: Any) -> int:
         print(note.render(), file=sys.stderr)
     dp = XdpDataplane(p, source=args.config)
     dp.sync(macs)
+    if nat_if:
+        dp.configure_nat(
+            private_ifindex=socket.if_nametoindex(nat_if),
+            public_ifindex=socket.if_nametoindex(args.interface),
+            private_mac=interface_mac(nat_if),
+            public_mac=interface_mac(args.interface),
+        )
+        # the reply path first: a request redirected before it runs would lose its reply
+        nat_mode = dp.attach_nat(nat_if, args.xdp_mode)
     mode = dp.attach(args.interface, args.xdp_mode)
     pinned = dp.pin_program()
     print(
         f"XDP program attached to {args.interface} ({mode} mode), pinned at {pinned}: "
         f"{len(p.services)} virtual service(s), {len(p.reals)} real server(s)"
     )
+    if nat_if:
+        print(f"NAT reply path attached to {nat_if} ({nat_mode} mode)")
     return EXIT_OK
 
 

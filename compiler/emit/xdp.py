@@ -58,6 +58,7 @@ def emit_maps(config: Config) -> str:
         P.SVC_F_PERSIST: "persistent",
         P.SVC_F_HASH_SRC: "hash-source",
         P.SVC_F_HASH_DST: "hash-destination",
+        P.SVC_F_NAT: "nat",
     }
     services: list[dict[str, Any]] = []
     rings: list[dict[str, Any]] = []

@@ -33,6 +33,7 @@
 #define SVC_F_PERSIST  (1u << 1) /* persistence templates by masked source address */
 #define SVC_F_HASH_SRC (1u << 2) /* sh: the table is indexed by the source address */
 #define SVC_F_HASH_DST (1u << 3) /* dh: the table is indexed by the destination address */
+#define SVC_F_NAT      (1u << 4) /* NAT: rewrite to RIP:rport, redirect to the private side */
 
 /* struct real.flags */
 #define REAL_F_FAILED   (1u << 0) /* taken out: its tracked flows are rescheduled */
@@ -54,4 +55,12 @@
 #define G_RESCHEDULED       12 /* tracked flow whose real server failed or changed */
 #define G_PERSIST_HIT       13 /* new flow sent by a persistence template */
 #define G_DROP_UNSUPPORTED  14 /* service asks for a feature this build left out */
-#define GLOBAL_COUNTERS     16
+#define G_NAT_IN            15 /* NAT: rewritten and redirected to the private side */
+#define G_NAT_OUT           16 /* NAT: reply rewritten and redirected to the public side */
+#define G_NAT_EXPIRED       17 /* NAT: packet of a flow whose entry timed out */
+#define G_PASS_NAT_NO_FLOW  18 /* private side: not a reply of a tracked NAT flow */
+#define GLOBAL_COUNTERS     24
+
+/* tx_ports slots (NAT) */
+#define NAT_TX_PRIVATE 0
+#define NAT_TX_PUBLIC  1

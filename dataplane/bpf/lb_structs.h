@@ -48,6 +48,28 @@ struct flow_state {
     __be32 addr;              /* that real's address when chosen: stale if it changed */
     __u32 service;            /* index in service_info: stale if it holds another key */
     __u32 hash;               /* flow_hash() of the 5-tuple (tunnel outer source), or 0 */
+    __u64 last_ns;            /* NAT: nat_now() of the flow's last packet, either way */
+    __u8 mac[6];              /* NAT: the client side's next hop (the inbound source MAC) */
+    __u8 closing;             /* NAT: FIN or RST seen, tcpfin_timeout applies */
+    __u8 pad;
+};
+
+struct nat_back {             /* nat_rev value, keyed by the reply's flow_key
+                                 (RIP, client, rport, cport, proto): the conntrack key
+                                 of the flow is (client, vip, cport, vport, proto) */
+    __be32 vip;
+    __be16 vport;
+    __u16 pad;
+};
+
+struct nat_config {           /* nat_config[0], written by the loader */
+    __u8 priv_mac[6];         /* source MAC of frames to the real servers */
+    __u8 pub_mac[6];          /* source MAC of replies to the clients */
+    __u32 pad;
+    __u64 tcp_ns;             /* idle timeout of an established TCP flow */
+    __u64 tcpfin_ns;          /* ... after a FIN or RST */
+    __u64 udp_ns;             /* ... of a UDP flow */
+    __u64 clock_offset_ns;    /* added to bpf_ktime_get_ns(): tests move time forward */
 };
 
 struct persist_key {

@@ -10,7 +10,15 @@ import jinja2
 from ..plan import Plan
 
 HERE = Path(__file__).resolve().parent
-HEADERS = ("lb_consts.h", "lb_structs.h", "lb_maps.h", "parsing.h", "scheduling.h", "encap.h")
+HEADERS = (
+    "lb_consts.h",
+    "lb_structs.h",
+    "lb_maps.h",
+    "parsing.h",
+    "scheduling.h",
+    "encap.h",
+    "nat.h",
+)
 PIN_DIR = "/sys/fs/bpf/lvs-router"
 
 

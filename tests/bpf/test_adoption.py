@@ -45,8 +45,9 @@ def test_second_program_adopts_flows_and_counters(pin_dir: str) -> None:
     real_mac = out.data[:6]
     assert first.pin_program().endswith("/lb_ingress")
     assert sorted(os.listdir(pin_dir)) == sorted(
-        ["conntrack", "globals", "global_stats", "lb_ingress", "persist", "real_stats",
-         "reals", "rings", "service_info", "service_stats", "services", "vips"]
+        ["conntrack", "globals", "global_stats", "lb_ingress", "nat_config", "nat_rev",
+         "persist", "real_ports", "real_stats", "reals", "rings", "service_info",
+         "service_stats", "services", "vips"]
     )  # fmt: skip
     first.close()
 
@@ -85,7 +86,7 @@ def test_size_change_replaces_the_pinned_maps_and_keeps_the_flows(
     second = XdpDataplane(plan(config, bigger), pin_dir=pin_dir)
     replaced = {r.name: r for r in second.replaced}
     assert sorted(replaced) == [
-        "conntrack", "rings", "service_info", "service_stats", "services", "vips"
+        "conntrack", "nat_rev", "rings", "service_info", "service_stats", "services", "vips"
     ]  # fmt: skip
     assert replaced["conntrack"].copied == 1
     assert replaced["service_stats"].copied is None

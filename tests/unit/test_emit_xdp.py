@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from compiler import compile_file, compile_text
-from compiler.emit import EmitError, emit
+from compiler.emit import emit
 from dataplane.plan import plan
 
 pytestmark = pytest.mark.unit
@@ -52,11 +52,11 @@ def test_direct_only_config_leaves_tunnel_out() -> None:
     assert "feature_any_port(void) { return 0; }" in text
 
 
-def test_nat_is_refused_with_the_line() -> None:
+def test_nat_is_emitted_with_its_flag_and_feature() -> None:
     cf = "network = nat\nvirtual v {\n active = 1\n address = 198.18.0.1 eth0:1\n}\n"
-    with pytest.raises(EmitError, match="network = nat is not supported") as err:
-        emit("xdp-maps", compile_text("n.cf", cf).config)
-    assert err.value.span is not None
+    out = json.loads(emit("xdp-maps", compile_text("n.cf", cf).config))
+    assert out["features"] == ["nat"]
+    assert out["services"][0]["value"]["flags"] == ["nat"]
 
 
 def test_emit_xdp_prints_target_notes_with_their_lvs_cf_position(capsys) -> None:
