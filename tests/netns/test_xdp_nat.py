@@ -1,0 +1,222 @@
+"""Live NAT traffic through the XDP program: real sockets, real veths, native XDP on
+both of the director's interfaces.
+
+    client (eth0) ---- (eth0) director (eth1) ---- bridge ---- rs1, rs2
+
+The client and the director share the public segment (the VIP is on the director's
+eth0, so it answers ARP for it). The real servers sit on a private segment whose
+default route is the director's nat_router address; they run tests/netns/servers.py
+on ports 8080/tcp and 5353/udp, the VIP's 80 and 53 mapped to them. The director's
+eth0 runs lb_ingress (requests: rewritten, redirected to eth1), eth1 runs
+lb_nat_return (replies: rewritten back, redirected to eth0); IP forwarding stays off
+in the director, so every reply that reaches the client went through our program.
+Frames redirected into a veth arrive only when the peer runs an XDP program: the
+client's eth0 and the bridge's director port run an XDP_PASS one; the senders turn
+checksum offload off (docs: /work/shared/docs/architecture.md).
+
+Each connection's real server is predicted from the loader's Maglev table and the
+program's flow hash, so the assertions are exact per connection."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+import pytest
+from bcc import BPF
+
+from compiler import compile_text
+from dataplane.plan import Plan, ServicePlan, Sizes, flow_hash, plan
+from dataplane.xdp import RealState, XdpDataplane, attach_xdp
+from tests.netns.test_xdp_live import CLIENT, PASS_PROGRAM
+from tests.netns.topo import Netns, Topology, inside
+
+pytestmark = pytest.mark.netns
+
+VIP = "198.18.30.100"
+CLIENT_ADDR = "198.18.30.2"
+DIRECTOR = "198.18.30.1"
+NAT_ROUTER = "198.18.31.254"
+REALS = {"rs1": ("198.18.31.11", 1), "rs2": ("198.18.31.12", 2)}
+TCP, UDP = 6, 17
+
+
+def _servers(port: int) -> str:
+    return "".join(
+        f"  server {n} {{\n    address = {a}\n    active = 1\n    port = {port}\n"
+        f"    weight = {w}\n  }}\n"
+        for n, (a, w) in REALS.items()
+    )
+
+
+CONFIG = f"""network = nat
+nat_router = {NAT_ROUTER} eth1:1
+virtual web {{
+  active = 1
+  address = {VIP} eth0:1
+  port = 80
+  scheduler = wrr
+{_servers(8080)}}}
+virtual dns {{
+  active = 1
+  address = {VIP} eth0:1
+  port = 53
+  protocol = udp
+  scheduler = wrr
+  send = "x"
+  expect = "y"
+{_servers(5353)}}}
+"""
+
+
+@dataclass
+class Lab:
+    dp: XdpDataplane
+    plan: Plan
+    macs: dict[IPv4Address, bytes]
+    client: subprocess.Popen
+    director: Netns
+    state: dict[int, RealState] = field(default_factory=dict)
+
+    def ask(self, **command: object) -> object:
+        assert self.client.stdin and self.client.stdout
+        self.client.stdin.write(json.dumps(command) + "\n")
+        self.client.stdin.flush()
+        answer = json.loads(self.client.stdout.readline())
+        assert "error" not in answer, answer["error"]
+        return answer["ok"]
+
+    def service(self, name: str) -> ServicePlan:
+        return next(s for s in self.plan.services if s.name == name)
+
+    def sync(self, state: dict[int, RealState]) -> None:
+        self.state = state
+        self.dp.sync(self.macs, state)
+
+    def expected(self, svc: ServicePlan, sport: int) -> str:
+        h = flow_hash(IPv4Address(CLIENT_ADDR), svc.vip, sport, svc.port, svc.proto)
+        rid = int(self.dp.table(svc, self.state)[h % self.plan.sizes.ring_size])
+        return next(r.name for r in svc.reals if r.index == rid)
+
+
+def _mac(ns: Netns, dev: str) -> bytes:
+    link = json.loads(ns.ip("-j", "link", "show", dev))[0]
+    return bytes.fromhex(link["address"].replace(":", ""))
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[Lab]:
+    result = compile_text("nat.cf", CONFIG)
+    assert result.ok, result.diagnostics
+    p = plan(result.config, Sizes(max_services=8, max_reals=16, ct_size=4093, persist_size=1021))
+    assert p.features == {"nat"}
+    dp = XdpDataplane(p, pin_dir=None)
+    passer = BPF(text=PASS_PROGRAM)
+    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
+    with Topology("xdp-nat") as t:
+        client, lb, sw = t.netns("client"), t.netns("director"), t.netns("private")
+        t.veth(client, "eth0", lb, "eth0")
+        t.bridge(sw)
+        t.veth(lb, "eth1", sw, "director")
+        t.attach(sw, "director")
+        client.addr("eth0", f"{CLIENT_ADDR}/24")
+        client.no_tx_offload("eth0")
+        lb.addr("eth0", f"{DIRECTOR}/24")
+        lb.addr("eth0", f"{VIP}/32")
+        lb.addr("eth1", f"{NAT_ROUTER}/24")
+        lb.sysctl("net.ipv4.ip_forward", 0)  # replies reach the client through XDP only
+        macs = {}
+        for name, (addr, _w) in REALS.items():
+            rs = t.netns(name)
+            t.veth(rs, "eth0", sw, name)
+            t.attach(sw, name)
+            rs.addr("eth0", f"{addr}/24")
+            rs.route("default", "via", NAT_ROUTER)
+            rs.no_tx_offload("eth0")  # their replies cross XDP
+            t.serve(rs, name=name, tcp=[8080], udp=[5353])
+            macs[IPv4Address(addr)] = _mac(rs, "eth0")
+        with inside(client):  # redirected to the director's eth0: arrives here
+            assert attach_xdp(pass_fn, "eth0") == "native"
+        with inside(sw):  # redirected to the director's eth1: arrives here
+            assert attach_xdp(pass_fn, "director") == "native"
+        dp.sync(macs)
+        with inside(lb):
+            dp.configure_nat(
+                private_ifindex=socket.if_nametoindex("eth1"),
+                public_ifindex=socket.if_nametoindex("eth0"),
+                private_mac=_mac(lb, "eth1"),
+                public_mac=_mac(lb, "eth0"),
+            )
+            assert dp.attach_nat("eth1") == "native"
+            assert dp.attach("eth0") == "native"
+        proc = client.popen(sys.executable, "-c", CLIENT, stdin=subprocess.PIPE, text=True)
+        yield Lab(dp, p, macs, proc, lb)
+    passer.cleanup()
+    dp.close()
+
+
+@pytest.fixture
+def lab(built: Lab) -> Lab:
+    built.sync({})
+    built.dp.maps.clear_flows()
+    built.dp.maps.reset_counters()
+    return built
+
+
+def test_many_tcp_connections_complete_through_port_mapping(lab: Lab) -> None:
+    web = lab.service("web")
+    conns = lab.ask(op="many", src=CLIENT_ADDR, dst=VIP, port=80, n=200)
+    names = [name for _sport, name in conns]
+    assert names == [lab.expected(web, sport) for sport, _name in conns]
+    assert set(names) == {"rs1", "rs2"}
+    flows = lab.dp.maps.nat_flows()
+    for sport, name in conns:  # each reply was keyed RIP:8080 -> client:sport
+        key = (IPv4Address(REALS[name][0]), 8080, IPv4Address(CLIENT_ADDR), sport, TCP)
+        assert flows[key] == (IPv4Address(VIP), 80)
+    c = lab.dp.maps.global_counters()
+    # at least SYN, ACK, data, FIN, ACK in and SYN-ACK, greeting, echo, FIN out each
+    assert c["nat_in"] >= 200 * 4 and c["nat_out"] >= 200 * 3
+
+
+def test_udp_exchanges_complete_through_port_mapping(lab: Lab) -> None:
+    dns = lab.service("dns")
+    answers = lab.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=53, n=100)
+    assert [n for _s, n in answers] == [lab.expected(dns, s) for s, _n in answers]
+    assert {n for _s, n in answers} == {"rs1", "rs2"}
+    assert lab.dp.maps.global_counters()["nat_out"] == 100
+
+
+def test_long_lived_connection_survives_a_weight_change(lab: Lab) -> None:
+    web = lab.service("web")
+    sport, name = lab.ask(op="hold", src=CLIENT_ADDR, dst=VIP, port=80)
+    assert name == lab.expected(web, sport)
+    held = next(r for r in web.reals if r.name == name)
+    other = next(r for r in web.reals if r.name != name)
+    assert lab.ask(op="echo", sport=sport, data="before") == "before"
+    lab.sync({other.index: RealState(weight=5)})  # the table moves slots around
+    assert lab.ask(op="echo", sport=sport, data="reweighted") == "reweighted"
+    lab.sync({held.index: RealState(weight=0)})  # its own server quiesced
+    for i in range(5):
+        assert lab.ask(op="echo", sport=sport, data=f"still-{i}") == f"still-{i}"
+    conns = lab.ask(op="many", src=CLIENT_ADDR, dst=VIP, port=80, n=40)
+    assert {n for _s, n in conns} == {other.name}  # new ones avoid the quiesced one
+    assert lab.ask(op="echo", sport=sport, data="last") == "last"
+    lab.ask(op="close", sport=sport)
+
+
+def test_the_directors_own_traffic_to_a_real_server_goes_to_its_kernel(lab: Lab) -> None:
+    """A health check from the director (nat_router address) to a real server: the
+    replies match no NAT flow and are passed to the director's stack."""
+    rip = REALS["rs1"][0]
+    code = (
+        f"import socket; s = socket.create_connection(('{rip}', 8080), timeout=5); "
+        "print(s.recv(100).decode())"
+    )
+    assert lab.director.python(code).strip() == "rs1"
+    c = lab.dp.maps.global_counters()
+    assert c["pass_nat_no_flow"] >= 2 and c["nat_out"] == 0
