@@ -34,6 +34,8 @@ from .reactor import Cancellable, LoopReactor, Reactor
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _BUSY = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+_TROUBLE = select.EPOLLERR | select.EPOLLHUP
+_READ_READY = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
 
 
 class ProbeResult(NamedTuple):
@@ -106,6 +108,7 @@ class TcpCheck:
 
     __slots__ = (
         "done",
+        "edge",
         "fd",
         "phase",
         "reactor",
@@ -136,6 +139,9 @@ class TcpCheck:
         self.phase = "connect"
         self.started = 0.0
         self.read_deadline = 0.0
+        # a check that reads, on a reactor that can follow a socket: one edge-triggered
+        # registration for the connect and the read (saves re-arming in between)
+        self.edge = spec.expect is not None and hasattr(reactor, "follow")
 
     def start(self) -> None:
         reactor = self.reactor
@@ -148,10 +154,30 @@ class TcpCheck:
             self._finish(False, f"connect: {_oserror(e)}")
             return
         if err in _BUSY:
-            reactor.watch(self.fd, True, self._on_connect)
+            if self.edge:
+                reactor.follow(self.fd, self._on_edge)  # type: ignore[attr-defined]
+            else:
+                reactor.watch(self.fd, True, self._on_connect)
             self.timer = reactor.call_at(self.started + self.spec.timeout, self._on_timeout)
             return
+        if self.edge and not err:  # connected at once (rare): follow it for the read
+            reactor.follow(self.fd, self._on_edge)  # type: ignore[attr-defined]
         self._connected(err)
+
+    def _on_edge(self, events: int) -> None:
+        """Edge-triggered path: the connect's outcome, then readiness for the read
+        (both may arrive in one event)."""
+        if self.phase == "connect":
+            if events & _TROUBLE:
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            elif events & select.EPOLLOUT:
+                err = 0
+            else:
+                return  # nothing about the connect yet
+            self._connected(err)
+            if self.done is None or not events & _READ_READY:
+                return
+        self._on_readable(events)
 
     def _on_connect(self, events: int) -> None:
         # writable without an error flag means connected: skip the getsockopt
@@ -176,7 +202,8 @@ class TcpCheck:
             return
         self.phase = "read"
         reactor = self.reactor
-        reactor.watch(self.fd, False, self._on_readable)
+        if not self.edge:
+            reactor.watch(self.fd, False, self._on_readable)
         self.read_deadline = reactor.time() + spec.timeout
         # the connect timer, if any, stays: it re-arms itself for the read deadline
         # when it fires first (most reads end long before), saving a timer per check
@@ -188,6 +215,10 @@ class TcpCheck:
         assert expect is not None
         try:
             data = self.sock.recv(expect.read_size)
+        except BlockingIOError:  # woken with nothing to read yet: keep waiting
+            if not self.edge:
+                self.reactor.watch(self.fd, False, self._on_readable)
+            return
         except OSError as e:
             self._finish(False, f"read: {_oserror(e)}")
             return

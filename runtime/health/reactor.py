@@ -88,6 +88,7 @@ class _Timer:
 
 _ONESHOT_OUT = select.EPOLLOUT | select.EPOLLONESHOT
 _ONESHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
+_EDGE_BOTH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET
 _BATCH = 4096  # events per epoll_wait
 
 
@@ -111,6 +112,7 @@ class FastReactor:
         self._epoll = select.epoll()
         self._registered: set[int] = set()
         self._callbacks: dict[int, Callable[[int], object]] = {}
+        self._following: dict[int, Callable[[int], object]] = {}
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def close(self) -> None:
@@ -121,6 +123,7 @@ class FastReactor:
         self._buckets.clear()
         self._keys.clear()
         self._callbacks.clear()
+        self._following.clear()
 
     # -- timers
 
@@ -185,20 +188,43 @@ class FastReactor:
             except FileExistsError:
                 self._epoll.modify(fd, mask)
             self._registered.add(fd)
+        self._following.pop(fd, None)
         self._callbacks[fd] = fn
+
+    def follow(self, fd: int, fn: Callable[[int], object]) -> None:
+        """Call ``fn(events)`` on every readiness change of ``fd`` (edge-triggered, in
+        and out) until :meth:`forget`: one registration serves a connect and the read
+        after it, where :meth:`watch` needs a second ``epoll_ctl`` to re-arm. ``fn``
+        may be called with nothing new to read (it must then wait for the next call)."""
+        if fd in self._registered:
+            try:
+                self._epoll.modify(fd, _EDGE_BOTH)
+            except FileNotFoundError:
+                self._epoll.register(fd, _EDGE_BOTH)
+        else:
+            try:
+                self._epoll.register(fd, _EDGE_BOTH)
+            except FileExistsError:
+                self._epoll.modify(fd, _EDGE_BOTH)
+            self._registered.add(fd)
+        self._callbacks.pop(fd, None)
+        self._following[fd] = fn
 
     def forget(self, fd: int) -> None:
         """Drop the watch of a socket about to be closed (closing removes it from the
         epoll set; a later socket may reuse the number)."""
         self._callbacks.pop(fd, None)
+        self._following.pop(fd, None)
         self._registered.discard(fd)
 
     def _ready(self) -> None:
-        callbacks = self._callbacks
+        callbacks, following = self._callbacks, self._following
         while True:
             ready = self._epoll.poll(0, _BATCH)
             for fd, events in ready:
                 fn = callbacks.pop(fd, None)
+                if fn is None:
+                    fn = following.get(fd)
                 if fn is not None:
                     try:
                         fn(events)
