@@ -13,6 +13,11 @@ Both have the same small surface, which is all the daemon uses:
 * ``counters(config)``: packets/bytes/connections per virtual and per real server;
 * ``remove()``: delete our services (``--on-stop remove``); ``close()``: release
   resources and leave the dataplane as it is.
+
+IPVS has one more: the connection-sync daemon's role (``syncdaemon = 1``), which pulse
+decides — master on the active router, backup on the standby (spec §3.5 step 3):
+``sync_role`` is the role every sync asks for, ``switch_sync_role(role)`` changes it
+now. The XDP dataplane has no sync daemon (both routers build the same Maglev tables).
 """
 
 from __future__ import annotations
@@ -100,6 +105,10 @@ class IpvsBackend:
         self._rec = Reconciler(self._kernel)
         self._table = None  # DesiredTable of the config in force
         self._dests: tuple[Config | None, dict] = (None, {})
+        self._config: Config | None = None  # the config of the last load
+        self._synced = None  # the IPVSState last synced (services kept as they are)
+        # the sync daemon's role: master without pulse (lvsd alone), pulse's otherwise
+        self.sync_role = sync_state("master")
 
     def load(self, config: Config) -> None:
         from compiler.emit import EmitError
@@ -109,6 +118,7 @@ class IpvsBackend:
             self._table = DesiredTable(config)
         except EmitError as err:
             raise BackendError(err.message, err.span, err.help) from err
+        self._config = config
 
     def _dest_keys(self, config: Config) -> dict:
         """(virtual, server) -> (service key, destination key), once per config."""
@@ -127,11 +137,35 @@ class IpvsBackend:
 
         if self._table is None or self._table.config is not desired.config:
             self._table = DesiredTable(desired.config)
+        # only the services of virtuals whose overrides changed are rebuilt and diffed
+        state = with_sync_role(self._table.state(overrides(desired)), self.sync_role)
         try:
-            # only the services of virtuals whose overrides changed are rebuilt and diffed
-            ops = self._rec.sync(self._table.state(overrides(desired)))
+            ops = self._rec.sync(state)
         except IPVSError as err:
             raise BackendError(f"IPVS refused a change: {err}") from err
+        self._synced = state
+        return [f"ipvsadm {op}" for op in ops]
+
+    def switch_sync_role(self, role) -> list[str]:
+        """Make the sync daemon run in ``role`` (a ``SyncState``) now, and in every
+        later sync; the table is left exactly as it is (a cold standby keeps what it
+        holds). Nothing to do without ``syncdaemon = 1`` in the config loaded."""
+        from dataplane.ipvs import IPVSError
+
+        self.sync_role = role
+        config = self._config
+        if config is None or not config.syncdaemon:
+            return []
+        base = self._synced
+        try:
+            if base is None:  # nothing synced yet (cold standby): the kernel's table
+                base = replace(self._rec.adopt(), timeouts=None)
+            state = replace(base, daemons=sync_daemons(config, role))
+            ops = self._rec.sync(state)
+        except IPVSError as err:
+            raise BackendError(f"IPVS refused the sync daemon's role: {err}") from err
+        if self._synced is not None:
+            self._synced = state
         return [f"ipvsadm {op}" for op in ops]
 
     def tick(self) -> list[str]:
@@ -158,10 +192,39 @@ class IpvsBackend:
     def remove(self) -> list[str]:
         from dataplane.reconcile import IPVSState
 
+        self._synced = None  # a later role switch must not bring the services back
         return [f"ipvsadm {op}" for op in self._rec.sync(IPVSState())]
 
     def close(self) -> None:
         self._kernel.close()
+
+
+def sync_state(role: str):
+    """pulse's role word (``SyncRole.role``: "master" | "backup") as the kernel's
+    ``SyncState``; anything else is a bug, not a role."""
+    from dataplane.reconcile import SyncState
+
+    return {"master": SyncState.MASTER, "backup": SyncState.BACKUP}[role]
+
+
+def sync_daemons(config: Config, role) -> tuple | None:
+    """The sync daemons a router in ``role`` runs: one, with ``syncd_iface`` and
+    ``syncd_id`` (low byte, as piranha's ``--syncid``), when ``syncdaemon = 1``;
+    ``None`` (not managed) otherwise."""
+    from dataplane.reconcile import SyncDaemon
+
+    if not config.syncdaemon:
+        return None
+    return (SyncDaemon(role, config.syncd_iface, config.syncd_id & 0xFF),)
+
+
+def with_sync_role(state, role):
+    """``state`` (an ``IPVSState``) with its sync daemons in ``role``; the services
+    are the same objects (the incremental diff still sees them unchanged)."""
+    if not state.daemons:
+        return state
+    daemons = tuple(replace(d, state=role) for d in state.daemons)
+    return state if daemons == state.daemons else replace(state, daemons=daemons)
 
 
 def ipvs_dest_of(config: Config, vs, rs) -> tuple[tuple, tuple]:

@@ -354,15 +354,7 @@ class Daemon:
         assert self.director is not None
         verdict = self.director.checker_crashed(virtual, server, reason, self.clock())
         if verdict is Verdict.SHUTDOWN:
-            _log(
-                logging.CRITICAL,
-                "checker died, shutting down (hard_shutdown = 1): removing our services",
-                virtual=virtual,
-                server=server,
-                reason=reason,
-            )
-            self.exit_status = EXIT_ERRORS
-            asyncio.get_running_loop().call_soon(self._hard_shutdown)
+            self._hard_shutdown(virtual, server, reason)
         else:
             _log(
                 logging.ERROR,
@@ -372,8 +364,18 @@ class Daemon:
                 reason=reason,
             )
 
-    def _hard_shutdown(self) -> None:
-        """hard_shutdown: remove our services (as lvsd did), then stop."""
+    def _hard_shutdown(self, virtual: str, server: str, reason: str, logged: bool = False) -> None:
+        """hard_shutdown: remove our services (as lvsd did), then stop (exit 1).
+        runtime/router.py overrides it under pulse; ``logged``: it said why already."""
+        if not logged:
+            _log(
+                logging.CRITICAL,
+                "checker died, shutting down (hard_shutdown = 1): removing our services",
+                virtual=virtual,
+                server=server,
+                reason=reason,
+            )
+        self.exit_status = EXIT_ERRORS
 
         async def later() -> None:
             async with self._lock:
@@ -453,12 +455,14 @@ class Daemon:
             self.metrics.update(await self.status())
         return result
 
-    async def _reload(self) -> dict[str, Any]:
+    async def _reload(self, config: Config | None = None) -> dict[str, Any]:
+        """``config``: already read and checked by the caller (runtime/router.py)."""
         assert self.backend is not None and self.director is not None
-        try:
-            config = await asyncio.to_thread(load_config, self.opts.config, self.opts.dialect)
-        except ConfigError as err:
-            return self._reload_failed(err.text)
+        if config is None:
+            try:
+                config = await asyncio.to_thread(load_config, self.opts.config, self.opts.dialect)
+            except ConfigError as err:
+                return self._reload_failed(err.text)
         async with self._lock:
             try:
                 await self._call(self.backend.load, config)

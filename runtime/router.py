@@ -38,6 +38,28 @@ servers instead of being dropped.
 The control socket and ``status`` are up in both roles; the status carries
 ``pulse`` (role, state, peer, last heartbeat...). ``SIGTERM`` stops pulse first (a
 STOPPED heartbeat, the VIPs go, the peer takes over at once), then the daemon.
+
+**IPVS sync daemon.** With ``syncdaemon = 1`` and the IPVS dataplane, the kernel's
+connection-sync daemon follows pulse (spec §3.5 step 3): backup from the start (the
+first table sync already asks for backup, so a standby never runs a master), master
+on activation, backup again on deactivation and stop.
+
+**hard_shutdown under pulse.** piranha's lvs exited when a nanny died with
+``hard_shutdown = 1``, removing its services; pulse saw its child die, gave the VIPs
+up and set CHILDFAIL (no activation until the peer's RUNNING heartbeat), and kept
+running (spec §3.6, §4.5). The router does the same in one process: the director and
+its checks stop, our services leave the dataplane, pulse deactivates, and the process
+stays up as a standby; a later activation starts a fresh director. Without a peer
+(``backup_active = 0``) nothing could ever clear CHILDFAIL, so the router exits (1) as
+the plain daemon does.
+
+**Reload under pulse.** The director reloads as without pulse (virtuals, servers,
+checks, timeouts, the sync daemon's interface and id) and pulse takes the new
+``active_cmd``/``inactive_cmd`` text. pulse's own settings — addresses, port, timers,
+``backup_active``, ``monitor_links``, ``syncdaemon``, whether the commands are set,
+and the set of VIPs it brings up — are fixed at start: a reload that changes one is
+refused as a whole, naming the lvs.cf line, and the old config stays in force
+(:func:`pulse_reload_refusal`; restart the router to change them).
 """
 
 from __future__ import annotations
@@ -62,6 +84,7 @@ from .daemon import (
     setup_logging,
 )
 from .pulse.heartbeat import Pulse, PulseExit
+from .pulse.vip import desired_vips
 from .pulse.wire import Key
 
 log = logging.getLogger("lvs-router")
@@ -85,6 +108,71 @@ def uses_pulse(config: Config, popts: PulseOptions) -> bool:
     return popts.heartbeat and config.heartbeat
 
 
+# the global keywords pulse reads once, at start (machine settings, sockets)
+PULSE_FIXED = (
+    "heartbeat",
+    "primary",
+    "primary_private",
+    "backup",
+    "backup_private",
+    "backup_active",
+    "heartbeat_port",
+    "keepalive",
+    "deadtime",
+    "monitor_links",
+    "syncdaemon",
+)
+
+
+def pulse_reload_refusal(old: Config, new: Config) -> str | None:
+    """Why a reload from ``old`` to ``new`` cannot be applied while pulse runs, as a
+    diagnostic naming the line (``file:line:col: error: ...``), or ``None`` when pulse
+    has nothing against it. See the module docstring for what is fixed and why."""
+
+    def where(spans, key: str, fallback: str) -> str:
+        span = spans.get(key)
+        return str(span) if span is not None else fallback
+
+    head = "cannot be changed by a reload while pulse runs"
+    help_ = "\n  = help: restart the router (lvs-router run) to change it; the old config stays"
+    for key in PULSE_FIXED:
+        if getattr(old, key) != getattr(new, key):
+            at = where(new.spans, key, where(old.spans, key, new.file))
+            was, now = getattr(old, key), getattr(new, key)
+            return f"{at}: error: `{key}` {head} ({was} -> {now}){help_}"
+    for key in ("active_cmd", "inactive_cmd"):
+        if bool(getattr(old, key)) != bool(getattr(new, key)):
+            at = where(new.spans, key, where(old.spans, key, new.file))
+            return f"{at}: error: adding or removing `{key}` {head}{help_}"
+    before = {v.address: v for v in desired_vips(old)}
+    after = {v.address: v for v in desired_vips(new)}
+    if before != after:
+        changed = [a for a in after if before.get(a) != after[a]]
+        changed += [a for a in before if a not in after]
+        addr = changed[0]
+        at = new.file
+        for cfg in (new, old):
+            found = _vip_span(cfg, addr)
+            if found is not None:
+                at = found
+                break
+        return f"{at}: error: the VIPs pulse holds ({addr}) {head}{help_}"
+    return None
+
+
+def _vip_span(config: Config, addr: object) -> str | None:
+    """The position of the line that makes ``addr`` a VIP (or ``nat_router``)."""
+    for vs in config.active_virtuals:
+        if vs.address == addr:
+            span = vs.spans.get("address") or vs.span
+            return str(span) if span is not None else None
+    nr = config.nat_router
+    if nr is not None and nr.address == addr:
+        span = config.spans.get("nat_router")
+        return str(span) if span is not None else None
+    return None
+
+
 class Router(Daemon):
     """The daemon plus pulse; without a heartbeat config exactly the daemon."""
 
@@ -95,6 +183,7 @@ class Router(Daemon):
         self._pulse_task: asyncio.Task[None] | None = None
         self._warm: asyncio.Task[None] | None = None
         self._active = False
+        self._child_failing = False  # a hard_shutdown is under way
 
     # ------------------------------------------------------------------ start
 
@@ -117,6 +206,7 @@ class Router(Daemon):
             config,
             on_activate=self._on_activate,
             on_deactivate=self._on_deactivate,
+            on_sync_role=self._on_sync_role,
             key=key,
             forceactive=p.forceactive,
             garp_count=p.garp_count,
@@ -136,6 +226,16 @@ class Router(Daemon):
             raise ConfigError(f"error: pulse: {err or 'did not start'}")
         st = self.pulse.status()
         _log(logging.INFO, "pulse ready", role=st.role, standby=p.standby, state=st.state)
+
+    async def open_dataplane(self, config: Config) -> None:
+        """Under pulse every router starts inactive: the sync daemon's first role is
+        backup (pulse's start-up asks for it too; this keeps the first table sync of a
+        hot standby from starting a master meanwhile)."""
+        await super().open_dataplane(config)
+        if self.pulse is not None and hasattr(self.backend, "switch_sync_role"):
+            from .backends import sync_state
+
+            self.backend.sync_role = sync_state("backup")  # type: ignore[union-attr]
 
     async def start_director(self, config: Config) -> None:
         """Cold standby defers the director to activation (see the module docstring)."""
@@ -203,19 +303,77 @@ class Router(Daemon):
                 _log(logging.ERROR, "dataplane refused a change", error=err.message)
                 self._dirty.set()
 
+    async def _on_sync_role(self, role: str) -> None:
+        """pulse's ``SyncRole`` (``syncdaemon = 1``): the IPVS sync daemon runs as
+        master on the active router, backup on the standby. XDP has no sync daemon."""
+        switch = getattr(self.backend, "switch_sync_role", None)
+        if switch is None:
+            return
+        from .backends import BackendError, sync_state
+
+        async with self._lock:
+            try:
+                for c in await self._call(switch, sync_state(role)):
+                    _log(logging.INFO, "dataplane", change=c)
+            except BackendError as err:
+                _log(logging.ERROR, "sync daemon role not applied", role=role, error=err.message)
+                return
+        _log(logging.INFO, "sync daemon", role=role)
+
     async def _on_deactivate(self) -> None:
         self._active = False
         if self.popts.standby == "cold" and self.director is not None:
             await self.stop_director()
         _log(logging.INFO, "inactive: standing by", standby=self.popts.standby)
 
-    def _hard_shutdown(self) -> None:
+    def _hard_shutdown(self, virtual: str, server: str, reason: str) -> None:
         """A checker died with ``hard_shutdown = 1``: as piranha's lvs exiting, which
-        pulse saw as its child dying (§3.6): give the VIPs up, let the peer serve."""
-        if self.pulse is None:
-            super()._hard_shutdown()
+        pulse saw as its child dying (§3.6): the director stops and our services go,
+        pulse gives the VIPs up and the peer serves; we stay up as a standby (module
+        docstring). Without a peer, the router exits as the plain daemon."""
+        if self.pulse is None or self.pulse.machine is None:
+            super()._hard_shutdown(virtual, server, reason)
             return
-        self.pulse.child_failed()
+        if self._child_failing:
+            return  # another checker of the same director: one shutdown is enough
+        if not self.pulse.machine.s.backup_active:
+            _log(
+                logging.CRITICAL,
+                "checker died (hard_shutdown = 1): no peer to take over "
+                "(backup_active = 0): removing our services and exiting",
+                virtual=virtual,
+                server=server,
+                reason=reason,
+            )
+            super()._hard_shutdown(virtual, server, reason, logged=True)
+            return
+        _log(
+            logging.CRITICAL,
+            "checker died (hard_shutdown = 1): director stopped and our services "
+            "removed; giving up the VIPs to the peer, standing by until its heartbeat",
+            virtual=virtual,
+            server=server,
+            reason=reason,
+        )
+        self._child_failing = True
+        asyncio.get_running_loop().create_task(self._director_died())
+
+    async def _director_died(self) -> None:
+        from .backends import BackendError
+
+        try:
+            await self.stop_director()
+            async with self._lock:
+                assert self.backend is not None
+                try:
+                    for c in await self._call(self.backend.remove):
+                        _log(logging.INFO, "dataplane", change=c)
+                except BackendError as err:
+                    _log(logging.ERROR, "could not remove our services", error=err.message)
+            assert self.pulse is not None
+            self.pulse.child_failed()  # deactivate: VIPs down, sync daemon backup
+        finally:
+            self._child_failing = False
 
     # ------------------------------------------------------------------ stop
 
@@ -231,15 +389,24 @@ class Router(Daemon):
     # ------------------------------------------------------------------ control
 
     async def _reload(self) -> dict[str, Any]:
-        """A cold standby has no director: the new config is only checked, loaded
-        into the dataplane and kept for the next activation. pulse keeps the
-        addresses and timers it started with (a restart changes them)."""
-        if self.director is not None:
+        """Under pulse, a reload that changes what pulse fixed at start is refused
+        (:func:`pulse_reload_refusal`); otherwise pulse takes the new commands. A cold
+        standby has no director: the new config is only checked, loaded into the
+        dataplane and kept for the next activation."""
+        if self.pulse is None:
             return await super()._reload()
         try:
             config = await asyncio.to_thread(load_config, self.opts.config, self.opts.dialect)
         except ConfigError as err:
             return self._reload_failed(err.text)
+        refusal = pulse_reload_refusal(self.pulse.config, config)
+        if refusal is not None:
+            return self._reload_failed(refusal)
+        if self.director is not None:
+            result = await super()._reload(config)
+            if result["ok"]:
+                self.pulse.config = config  # active_cmd / inactive_cmd are read when run
+            return result
         assert self.backend is not None
         from .backends import BackendError
 
@@ -248,6 +415,7 @@ class Router(Daemon):
         except BackendError as err:
             return self._reload_failed(err.render())
         self.config = config
+        self.pulse.config = config
         self.reloads["ok"] += 1
         self.last_reload_error = None
         return {"ok": True, "changes": [], "added": 0, "removed": 0, "changed": 0}

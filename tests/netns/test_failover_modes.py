@@ -6,17 +6,27 @@
   its dataplane holds and serves, and a connection opened before the fault survives;
   then a clean SIGTERM hands the VIP back at once;
 * ``--no-heartbeat`` on a ``heartbeat = 1`` config is the director alone: no pulse in
-  the status, no VIP added, the health checks and the dataplane run.
+  the status, no VIP added, the health checks and the dataplane run;
+* ``hard_shutdown = 1`` under pulse: a checker of the active router dies (in-process,
+  so the test can be the monitor's caller); its director stops, the VIP goes to the
+  peer, the router stays up as a standby with CHILDFAIL until the peer's RUNNING
+  heartbeat, and a later activation starts a fresh director;
+* a reload that changes a pulse setting (keepalive) is refused, naming the line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import signal
 from collections.abc import Iterator
 
 import pytest
 
 from demo.lab import GREET_CHECK, REALS, Lab, lvs_cf
+from demo.netns import inside
+from runtime.daemon import Options
+from runtime.router import PulseOptions, Router
 from tests.netns.topo import Topology
 
 pytestmark = pytest.mark.netns
@@ -118,3 +128,96 @@ def test_forceactive_takes_the_vips_back(lab: Lab) -> None:
     lab.wait("the client goes to ra", lambda: goes_to(lab, "ra"))
     names = lab.names(12)
     assert "error" not in names and len(set(names)) > 1
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_hard_shutdown_under_pulse_hands_over_and_stands_by(lab: Lab) -> None:
+    ra = lab.routers["ra"]
+    opts = Options(
+        config=str(lab.work / "lvs.cf"),
+        dataplane="xdp",
+        interface="eth0",
+        pin_dir=ra.pin_dir,
+        socket=ra.socket,
+        metrics=None,
+    )
+    lines = _Lines()
+    logger = logging.getLogger("lvs-router")
+    logger.addHandler(lines)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+
+    async def wait(what: str, predicate) -> None:
+        await asyncio.to_thread(lab.wait, what, predicate, 90)
+
+    async def scenario() -> int:
+        router = Router(opts, PulseOptions(garp_interval=0.3))
+        running = asyncio.create_task(router.run())
+        await wait("ra is active", lambda: lab.pulse_state("ra") == "active")
+        lab.start_router("rb", "--garp-interval", "0.3")
+        await wait("rb is inactive", lambda: lab.pulse_state("rb") == "inactive")
+        await wait("ra sees every server", lambda: lab.servers_up("ra") == set(REALS))
+        await wait("the client reaches ra", lambda: lab.names(1) != ["error"])
+
+        router.checker_crashed("web", "rs1", "RuntimeError('boom')")
+        await wait("rb takes over", lambda: lab.pulse_state("rb") == "active")
+        await wait("ra gave the VIP up", lambda: not lab.has_vip("ra"))
+        assert not running.done()  # the router stays up as a standby
+        assert router.director is None and router.monitor is None
+        st = await asyncio.to_thread(lab.status, "ra")
+        assert st is not None and st["pulse"]["state"] == "inactive"
+        assert st["virtuals"] == []  # no director, no checks
+        said = [m for m in lines.lines if "checker died" in m]
+        assert len(said) == 1 and "giving up the VIPs to the peer" in said[0], said
+        assert not any("shutting down" in m for m in lines.lines), lines.lines
+        await wait(
+            "CHILDFAIL clears on rb's RUNNING heartbeat",
+            lambda: not lab.status("ra")["pulse"]["child_fail"],
+        )
+        names = await asyncio.to_thread(lab.names, 6)
+        assert "error" not in names
+
+        # rb stops cleanly: ra activates on its STOPPED with a fresh director
+        lab.signal("rb", signal.SIGTERM)
+        await wait("ra is active again", lambda: lab.pulse_state("ra") == "active")
+        await wait("ra starts a fresh director", lambda: router.director is not None)
+        await wait(
+            "ra's new director checks every server", lambda: lab.servers_up("ra") == set(REALS)
+        )
+        router._stop.set()
+        return await asyncio.wait_for(running, 60)
+
+    try:
+        with inside(ra.ns):
+            code = asyncio.run(scenario())
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(old_level)
+    assert code == 0
+
+
+def test_a_reload_changing_a_pulse_timer_is_refused(lab: Lab) -> None:
+    from runtime.control import request
+
+    lab.start_router("ra", "--garp-interval", "0.3")
+    lab.wait_state("ra", "active", timeout=90)
+    lab.write_config(CONFIG.replace("keepalive = 0.2", "keepalive = 0.5"))
+    answer = request(lab.routers["ra"].socket, "reload", timeout=30)
+    assert not answer["ok"]
+    err = answer["error"]
+    line = CONFIG.splitlines().index("keepalive = 0.2") + 1
+    assert f"lvs.cf:{line}:1: error: `keepalive` cannot be changed by a reload" in err, err
+    status = lab.status("ra")
+    assert status["reloads"]["failed"] == 1 and status["last_reload_error"] == err
+    assert lab.pulse_state("ra") == "active"
+    # back to the config pulse started with: that reload goes through
+    lab.write_config(CONFIG)
+    assert request(lab.routers["ra"].socket, "reload", timeout=30)["ok"]
