@@ -7,9 +7,11 @@ balancer on non-VIP packets (a SYN: one service lookup; an ACK: conntrack miss a
 service lookup), an established flow (conntrack hit, direct routing), a new flow
 (SYN: service lookup, hash, Maglev slot, conntrack insert; once for the same 5-tuple
 every call, once for a fresh 5-tuple every call) and tunnel encapsulation of an
-established UDP flow; then a Maglev rebuild for 100 real servers, "server down ->
-maps updated", and what the daemon pays per health event: a sync of 1,000 real
-servers (50 services x 20) with one server going down.
+established UDP flow, and NAT (network = nat, port mapping 80 -> 8080) both ways on an
+established TCP flow: inbound (lb_ingress: rewrite, checksums, redirect) and the reply
+(lb_nat_return: reverse lookup, conntrack, rewrite, redirect); then a Maglev rebuild
+for 100 real servers, "server down -> maps updated", and what the daemon pays per
+health event: a sync of 1,000 real servers (50 services x 20) with one server going down.
 
 BPF_PROG_RUN with repeat=1 in a loop (the program rewrites packets, and with
 repeat > 1 the kernel would feed it its own output), pinned to one CPU; medians of
@@ -42,7 +44,17 @@ from dataplane.plan import Sizes, plan  # noqa: E402
 from dataplane.xdp import RealState, XdpDataplane  # noqa: E402
 from tests.bpf.packets import ACK, SYN, tcp_packet, udp_packet  # noqa: E402
 
-XDP_PASS, XDP_TX = 2, 3
+XDP_PASS, XDP_TX, XDP_REDIRECT = 2, 3, 4
+NAT_CONFIG = """network = nat
+nat_router = 198.18.64.254 eth1:1
+virtual web {
+ active = 1
+ address = 198.18.0.10 eth0:1
+ port = 80
+ scheduler = wrr
+%s}
+"""
+NAT_SERVER = " server s%d {\n  address = 198.18.64.%d\n  active = 1\n  port = 8080\n }\n"
 CONFIG = """network = direct
 virtual web {
  active = 1
@@ -195,6 +207,22 @@ def main() -> int:
     prog_run(dp.prog_fd, ack)  # creates the flow
     prog_run(dp.prog_fd, dns)
 
+    nat_plan = plan(
+        compile_text(
+            "nat.cf", NAT_CONFIG % "".join(NAT_SERVER % (i, 11 + i) for i in range(3))
+        ).config,
+        Sizes(max_services=4, max_reals=16, ct_size=65521),
+    )
+    nat = XdpDataplane(nat_plan, pin_dir=None)
+    nat.sync({r.address: bytes.fromhex(f"0200000040{r.index:02x}") for r in nat_plan.reals})
+    lo_mac = b"\x02\0\0\0\0\xfe"  # BPF_PROG_RUN does not transmit: lo is any device
+    nat.configure_nat(private_ifindex=1, public_ifindex=1, private_mac=lo_mac, public_mac=lo_mac)
+    nat_in = prog_run(nat.prog_fd, ack)  # creates the flow; its output is the request
+    assert nat_in.retval == XDP_REDIRECT
+    rip = nat_in.data[30:34]  # the destination it was rewritten to
+    reply = tcp_packet(".".join(map(str, rip)), client, 8080, 40000, ACK)
+    nat_fd = nat.nat_fn.fd  # type: ignore[attr-defined]
+
     cases = [
         ("empty XDP_PASS program (floor)", empty, [ack], XDP_PASS, True),
         ("MAC-swap XDP_TX program (baseline)", swap, [ack], XDP_TX, True),
@@ -205,6 +233,8 @@ def main() -> int:
         ("new flow (SYN), same 5-tuple", dp.prog_fd, [syn], XDP_TX, True),
         ("new flow (SYN), fresh 5-tuple", dp.prog_fd, fresh, XDP_TX, False),
         ("established flow, IPIP tunnel", dp.prog_fd, [dns], XDP_TX, False),
+        ("NAT inbound, established TCP", nat.prog_fd, [ack], XDP_REDIRECT, False),
+        ("NAT return (reply), established TCP", nat_fd, [reply], XDP_REDIRECT, False),
     ]
     best: dict[str, tuple[float, float, float]] = {}
     amort: dict[str, float] = {}

@@ -98,14 +98,19 @@ LB_INLINE int nat_rewrite(void *data, void *data_end, bool is_src, __be32 addr, 
     return FURTHER_PROCESSING;
 }
 
-/* inbound: st is the flow's conntrack entry (0 for a RST that starts nothing) */
+/* inbound: st is the flow's conntrack entry (0 for a RST that starts nothing); cfg
+ * and now as the tracked path already looked them up, or 0 (then looked up here) */
 LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
-                          const struct packet *p, struct flow_state *st, bool new_flow)
+                          const struct packet *p, struct flow_state *st, bool new_flow,
+                          const struct nat_config *cfg, __u64 now)
 {
-    __u32 zero = 0;
-    struct nat_config *cfg = nat_config.lookup(&zero);
-    if (!cfg)
-        return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
+    if (!cfg) {
+        __u32 zero = 0;
+        cfg = nat_config.lookup(&zero);
+        if (!cfg)
+            return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
+        now = nat_now(cfg);
+    }
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
@@ -127,7 +132,7 @@ LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
             struct nat_back b = {.vip = p->flow.daddr, .vport = p->flow.dport};
             nat_rev.update(&back, &b);
         }
-        nat_touch(st, p, nat_now(cfg));
+        nat_touch(st, p, now);
     }
     __builtin_memcpy(eth->h_dest, r->mac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, cfg->priv_mac, ETH_ALEN);
