@@ -40,6 +40,7 @@ GLOBAL_COUNTERS = (
     "nat_out",
     "nat_expired",
     "pass_nat_no_flow",
+    "drop_nat_unset",
 )
 
 

@@ -59,6 +59,7 @@
 #define G_NAT_OUT           16 /* NAT: reply rewritten and redirected to the public side */
 #define G_NAT_EXPIRED       17 /* NAT: packet of a flow whose entry timed out */
 #define G_PASS_NAT_NO_FLOW  18 /* private side: not a reply of a tracked NAT flow */
+#define G_DROP_NAT_UNSET    19 /* NAT service, but configure_nat() never ran (no devmap, MACs) */
 #define GLOBAL_COUNTERS     24
 
 /* tx_ports slots (NAT) */

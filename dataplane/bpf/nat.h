@@ -111,6 +111,8 @@ LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
             return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
         now = nat_now(cfg);
     }
+    if (!cfg->tcp_ns) /* the loader never configured NAT: nowhere to send it */
+        return verdict(G_DROP_NAT_UNSET, XDP_DROP);
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
     struct ethhdr *eth = data;
@@ -169,7 +171,7 @@ int lb_nat_return(struct xdp_md *ctx)
         return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS); /* rescheduled or evicted */
     __u32 zero = 0;
     struct nat_config *cfg = nat_config.lookup(&zero);
-    if (!cfg)
+    if (!cfg || !cfg->tcp_ns)
         return XDP_PASS;
     __u64 now = nat_now(cfg);
     if (nat_expired(st, p.flow.proto, cfg, now))

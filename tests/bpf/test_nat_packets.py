@@ -313,6 +313,20 @@ def test_udp_flow_expires_after_udp_timeout(nat: Nat) -> None:
     assert (out.retval, out.data) == (XDP_PASS, reply)
 
 
+def test_nat_service_without_configure_nat_is_dropped_and_counted() -> None:
+    """A NAT program whose loader never called configure_nat (no devmap, no MACs):
+    nothing is sent anywhere, and the counter says why."""
+    dp = XdpDataplane(nat_plan(), pin_dir=None)
+    try:
+        dp.sync(MACS)
+        packet = to_vip(40030)
+        out = prog_run(dp.prog_fd, packet)
+        assert (out.retval, out.data) == (XDP_DROP, packet)
+        assert dp.maps.global_counters()["drop_nat_unset"] == 1
+    finally:
+        dp.close()
+
+
 # --- the private side's other traffic goes to the kernel untouched --------------
 
 
