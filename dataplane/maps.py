@@ -41,6 +41,7 @@ GLOBAL_COUNTERS = (
     "nat_expired",
     "pass_nat_no_flow",
     "drop_nat_unset",
+    "nat_icmp",
 )
 
 

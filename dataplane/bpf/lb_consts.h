@@ -27,6 +27,7 @@
 
 /* helpers return an XDP verdict, or this to say "keep going" */
 #define FURTHER_PROCESSING -1
+#define NAT_ICMP -2 /* parse_packet: ICMP, and the build has NAT: maybe an error to translate */
 
 /* struct service.flags */
 #define SVC_F_TUNNEL   (1u << 0) /* IPIP to the real server; otherwise direct routing */
@@ -60,6 +61,7 @@
 #define G_NAT_EXPIRED       17 /* NAT: packet of a flow whose entry timed out */
 #define G_PASS_NAT_NO_FLOW  18 /* private side: not a reply of a tracked NAT flow */
 #define G_DROP_NAT_UNSET    19 /* NAT service, but configure_nat() never ran (no devmap, MACs) */
+#define G_NAT_ICMP          20 /* NAT: ICMP error about a NAT flow translated and redirected */
 #define GLOBAL_COUNTERS     24
 
 /* tx_ports slots (NAT) */

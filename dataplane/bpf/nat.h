@@ -145,6 +145,126 @@ LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
     return tx_ports.redirect_map(NAT_TX_PRIVATE, XDP_DROP);
 }
 
+/* Rewrite the quoted packet of an ICMP error: its source (is_src) or destination
+ * address and port; the quoted IPv4 header's checksum and the ICMP checksum follow.
+ * The quoted TCP/UDP checksum is left alone (the receiver does not check it). */
+LB_INLINE void icmp_quote_rewrite(struct icmphdr *ic, struct iphdr *in, __be16 *port,
+                                  bool is_src, __be32 addr, __be16 new_port)
+{
+    __be32 old = is_src ? in->saddr : in->daddr;
+    __u16 old_check = in->check;
+    __u16 new_check = csum_replace4(old_check, old, addr);
+    __u16 c = csum_replace4(ic->checksum, old, addr);
+    c = csum_replace2(c, old_check, new_check);
+    c = csum_replace2(c, *port, new_port);
+    if (is_src)
+        in->saddr = addr;
+    else
+        in->daddr = addr;
+    in->check = new_check;
+    *port = new_port;
+    ic->checksum = c;
+}
+
+/* An ICMP error (destination unreachable, e.g. fragmentation needed; time exceeded)
+ * about a NAT flow, translated like the flow's own packets so that path-MTU discovery
+ * works through the director:
+ *   inbound (public side): to the VIP, quoting a reply VIP:vport -> client:cport;
+ *     the outer destination and the quoted source become RIP and RIP:rport, and it
+ *     goes to the real server like the flow's requests;
+ *   return (private side): to a client, quoting a request client:cport -> RIP:rport;
+ *     the quoted destination becomes VIP:vport, the outer source too if it is the
+ *     RIP (a router on the private side keeps its own), and it goes to the client.
+ * Anything else ICMP (echo, errors about other flows) -> XDP_PASS. */
+LB_INLINE int nat_icmp(struct xdp_md *ctx, bool inbound)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct iphdr *iph = (void *)(eth + 1);
+    struct icmphdr *ic = (void *)(iph + 1);
+    struct iphdr *in = (void *)(ic + 1);
+    __be16 *ports = (void *)(in + 1);
+    if ((void *)(ports + 2) > data_end || iph->ihl != 5 ||
+        (iph->frag_off & LB_HTONS(IP_MF | IP_OFFSET)))
+        return verdict(G_PASS_NOT_VIP, XDP_PASS);
+    if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED)
+        return verdict(G_PASS_NOT_VIP, XDP_PASS);
+    if (in->version != 4 || in->ihl != 5 ||
+        (in->protocol != IPPROTO_TCP && in->protocol != IPPROTO_UDP))
+        return verdict(G_PASS_NOT_VIP, XDP_PASS);
+    __u32 zero = 0;
+    struct nat_config *cfg = nat_config.lookup(&zero);
+    if (!cfg || !cfg->tcp_ns)
+        return verdict(G_PASS_NOT_VIP, XDP_PASS);
+    __u64 now = nat_now(cfg);
+    if (inbound) {
+        /* quoted: VIP:vport -> client:cport; the flow: client:cport -> VIP:vport */
+        struct flow_key fk = {.saddr = in->daddr,
+                              .daddr = in->saddr,
+                              .sport = ports[1],
+                              .dport = ports[0],
+                              .proto = in->protocol};
+        if (iph->daddr != in->saddr)
+            return verdict(G_PASS_NOT_VIP, XDP_PASS);
+        struct flow_state *st = conntrack.lookup(&fk);
+        if (!st || nat_expired(st, fk.proto, cfg, now))
+            return verdict(G_PASS_NOT_VIP, XDP_PASS);
+        __u32 id = st->real;
+        struct real *r = reals.lookup(&id);
+        if (!real_usable(r, st->addr))
+            return verdict(G_PASS_NOT_VIP, XDP_PASS);
+        __be16 rport = fk.dport;
+        __be16 *mapped = real_ports.lookup(&id);
+        if (mapped && *mapped)
+            rport = *mapped;
+        struct flow_key back = {.saddr = st->addr,
+                                .daddr = fk.saddr,
+                                .sport = rport,
+                                .dport = fk.sport,
+                                .proto = fk.proto};
+        if (!nat_rev.lookup(&back)) /* not a NAT flow */
+            return verdict(G_PASS_NOT_VIP, XDP_PASS);
+        icmp_quote_rewrite(ic, in, &ports[0], true, st->addr, rport);
+        iph->check = csum_replace4(iph->check, iph->daddr, st->addr);
+        iph->daddr = st->addr;
+        __builtin_memcpy(eth->h_dest, r->mac, ETH_ALEN);
+        __builtin_memcpy(eth->h_source, cfg->priv_mac, ETH_ALEN);
+        count(G_NAT_ICMP);
+        return tx_ports.redirect_map(NAT_TX_PRIVATE, XDP_DROP);
+    }
+    /* quoted: client:cport -> RIP:rport, i.e. the reply key reversed */
+    struct flow_key back = {.saddr = in->daddr,
+                            .daddr = in->saddr,
+                            .sport = ports[1],
+                            .dport = ports[0],
+                            .proto = in->protocol};
+    if (iph->daddr != in->saddr)
+        return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
+    struct nat_back *b = nat_rev.lookup(&back);
+    if (!b)
+        return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
+    struct flow_key fk = {.saddr = back.daddr,
+                          .daddr = b->vip,
+                          .sport = back.dport,
+                          .dport = b->vport,
+                          .proto = back.proto};
+    __be32 vip = b->vip;
+    __be16 vport = b->vport;
+    struct flow_state *st = conntrack.lookup(&fk);
+    if (!st || st->addr != back.saddr || nat_expired(st, fk.proto, cfg, now))
+        return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
+    icmp_quote_rewrite(ic, in, &ports[1], false, vip, vport);
+    if (iph->saddr == back.saddr) {
+        iph->check = csum_replace4(iph->check, iph->saddr, vip);
+        iph->saddr = vip;
+    }
+    __builtin_memcpy(eth->h_dest, st->mac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, cfg->pub_mac, ETH_ALEN);
+    count(G_NAT_ICMP);
+    return tx_ports.redirect_map(NAT_TX_PUBLIC, XDP_DROP);
+}
+
 /* the entry point for the private interface */
 int lb_nat_return(struct xdp_md *ctx)
 {
@@ -154,6 +274,8 @@ int lb_nat_return(struct xdp_md *ctx)
     void *data_end = (void *)(long)ctx->data_end;
     struct packet p = {};
     int v = parse_packet(data, data_end, &p);
+    if (v == NAT_ICMP)
+        return nat_icmp(ctx, false);
     if (v != FURTHER_PROCESSING)
         return v;
     struct nat_back *b = nat_rev.lookup(&p.flow);

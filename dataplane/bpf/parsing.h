@@ -49,8 +49,11 @@ LB_INLINE int parse_packet(void *data, void *data_end, struct packet *p)
     __u32 tot_len = LB_NTOHS(iph->tot_len);
     if (tot_len < (__u32)iph->ihl * 4 || (void *)iph + tot_len > data_end)
         return verdict(G_PASS_BAD_IPV4, XDP_PASS);
-    if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP)
+    if (iph->protocol != IPPROTO_TCP && iph->protocol != IPPROTO_UDP) {
+        if (feature_nat() && iph->protocol == IPPROTO_ICMP)
+            return NAT_ICMP; /* nat.h decides */
         return verdict(G_PASS_NOT_VIP, XDP_PASS); /* VIPs are TCP and UDP services */
+    }
 
     if (iph->frag_off & LB_HTONS(IP_MF | IP_OFFSET))
         return odd_packet(iph, G_DROP_FRAGMENT);

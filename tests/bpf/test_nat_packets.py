@@ -26,6 +26,7 @@ from .packets import (
     ACK,
     CLIENT_MAC,
     DIRECTOR_MAC,
+    ICMP,
     RST,
     SYN,
     TCP,
@@ -325,6 +326,93 @@ def test_nat_service_without_configure_nat_is_dropped_and_counted() -> None:
         assert dp.maps.global_counters()["drop_nat_unset"] == 1
     finally:
         dp.close()
+
+
+# --- ICMP errors about NAT flows ------------------------------------------------
+
+ROUTER = "198.18.9.1"  # a router on the public path
+
+
+def icmp_error(src, dst, quoted: bytes, *, type_=3, code=4, rest=1400, macs) -> bytes:
+    """An ICMP error quoting ``quoted`` (IP header + 8 bytes), checksum computed here."""
+    body = struct.pack("!BBHI", type_, code, 0, rest) + quoted
+    body = body[:2] + struct.pack("!H", csum(body)) + body[4:]
+    return eth(ipv4(src, dst, ICMP, body), dst=macs[0], src=macs[1])
+
+
+def quote(src, dst, sport, dport, proto=TCP, l4_check=b"\x12\x34") -> bytes:
+    """The first 28 bytes of a packet as an ICMP error quotes it; the TCP/UDP checksum
+    is a marker: the translation leaves it alone."""
+    if proto == TCP:
+        l4 = struct.pack("!HHI", sport, dport, 99)
+    else:
+        l4 = struct.pack("!HHH", sport, dport, 40) + l4_check
+    return ipv4(src, dst, proto, l4, tot_len=1500)
+
+
+def check_icmp(out: RunResult) -> None:
+    ip = out.data[14:]
+    assert csum(ip[:20]) == 0, "outer IPv4 header checksum"
+    assert csum(ip[20:]) == 0, "ICMP checksum"
+    assert csum(ip[28:48]) == 0, "quoted IPv4 header checksum"
+
+
+def test_fragmentation_needed_about_a_reply_reaches_the_real_server(nat: Nat) -> None:
+    """Path-MTU discovery: a router on the public side cannot forward the server's
+    large reply (VIP:80 -> client) and tells the VIP; the real server must hear it,
+    about its own packet RIP:8080 -> client."""
+    rip = nat.rip("web", 40040, TCP, 80)
+    nat.inbound(to_vip(40040))
+    packet = icmp_error(ROUTER, VIP, quote(VIP, CLIENT, 80, 40040), macs=(PUBLIC_MAC, CLIENT_MAC))
+    out = nat.inbound(packet)
+    assert out.retval == XDP_REDIRECT
+    want = icmp_error(
+        ROUTER, rip, quote(rip, CLIENT, 8080, 40040), macs=(MACS[IPv4Address(rip)], PRIVATE_MAC)
+    )
+    check_icmp(out)
+    assert out.data == want
+    assert nat.dp.maps.global_counters()["nat_icmp"] == 1
+
+
+def test_port_unreachable_from_the_real_server_reaches_the_client(nat: Nat) -> None:
+    rip = nat.rip("dns", 5010, UDP, 53)
+    nat.inbound(udp_frame(CLIENT, VIP, 5010, 53))
+    macs = (PRIVATE_MAC, MACS[IPv4Address(rip)])
+    packet = icmp_error(rip, CLIENT, quote(CLIENT, rip, 5010, 5353, UDP), code=3, rest=0, macs=macs)
+    out = nat.reply(packet)
+    assert out.retval == XDP_REDIRECT
+    want = icmp_error(
+        VIP,
+        CLIENT,
+        quote(CLIENT, VIP, 5010, 53, UDP),
+        code=3,
+        rest=0,
+        macs=(CLIENT_MAC, PUBLIC_MAC),
+    )
+    check_icmp(out)
+    assert out.data == want
+
+
+def test_icmp_that_is_not_about_a_nat_flow_passes(nat: Nat) -> None:
+    rip = nat.rip("web", 40041, TCP, 80)
+    nat.inbound(to_vip(40041))
+    macs = (PRIVATE_MAC, MACS[IPv4Address(rip)])
+    echo = bytes([8, 0, 0xF7, 0xFF, 0, 0, 0, 0])
+    public = [
+        eth(ipv4(CLIENT, VIP, ICMP, echo)),  # ping the VIP: the director answers
+        icmp_error(ROUTER, VIP, quote(VIP, CLIENT, 80, 40042), macs=(PUBLIC_MAC, CLIENT_MAC)),
+    ]
+    for packet in public:
+        out = nat.inbound(packet)
+        assert (out.retval, out.data) == (XDP_PASS, packet)
+    private = [
+        eth(ipv4(rip, NAT_ROUTER, ICMP, echo), dst=PRIVATE_MAC, src=macs[1]),
+        icmp_error(rip, CLIENT, quote(CLIENT, rip, 40042, 8080), code=3, macs=macs),
+    ]
+    for packet in private:
+        out = nat.reply(packet)
+        assert (out.retval, out.data) == (XDP_PASS, packet)
+    assert nat.dp.maps.global_counters()["nat_icmp"] == 0
 
 
 # --- the private side's other traffic goes to the kernel untouched --------------
