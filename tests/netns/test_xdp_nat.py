@@ -71,6 +71,15 @@ virtual dns {{
   send = "x"
   expect = "y"
 {_servers(5353)}}}
+virtual closed {{
+  active = 1
+  address = {VIP} eth0:1
+  port = 54
+  protocol = udp
+  scheduler = wrr
+  send = "x"
+  expect = "y"
+{_servers(5454)}}}
 """
 
 
@@ -81,6 +90,7 @@ class Lab:
     macs: dict[IPv4Address, bytes]
     client: subprocess.Popen
     director: Netns
+    client_ns: Netns
     state: dict[int, RealState] = field(default_factory=dict)
 
     def ask(self, **command: object) -> object:
@@ -155,7 +165,7 @@ def built() -> Iterator[Lab]:
             assert dp.attach_nat("eth1") == "native"
             assert dp.attach("eth0") == "native"
         proc = client.popen(sys.executable, "-c", CLIENT, stdin=subprocess.PIPE, text=True)
-        yield Lab(dp, p, macs, proc, lb)
+        yield Lab(dp, p, macs, proc, lb, client)
     passer.cleanup()
     dp.close()
 
@@ -207,6 +217,23 @@ def test_long_lived_connection_survives_a_weight_change(lab: Lab) -> None:
     assert {n for _s, n in conns} == {other.name}  # new ones avoid the quiesced one
     assert lab.ask(op="echo", sport=sport, data="last") == "last"
     lab.ask(op="close", sport=sport)
+
+
+def test_port_unreachable_from_a_real_server_reaches_the_client_socket(lab: Lab) -> None:
+    """VIP:54 maps to port 5454, where no real server listens: the real server's ICMP
+    port unreachable (about client -> RIP:5454) is translated on the private side
+    (about client -> VIP:54, from the VIP), so the client's connected socket gets
+    ECONNREFUSED instead of a timeout."""
+    code = (
+        "import socket\n"
+        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)\n"
+        f"u.connect(('{VIP}', 54)); u.send(b'q')\n"
+        "try:\n    u.recv(100); print('answered')\n"
+        "except ConnectionRefusedError:\n    print('refused')\n"
+        "except TimeoutError:\n    print('timeout')\n"
+    )
+    assert lab.client_ns.python(code).strip() == "refused"
+    assert lab.dp.maps.global_counters()["nat_icmp"] == 1
 
 
 def test_the_directors_own_traffic_to_a_real_server_goes_to_its_kernel(lab: Lab) -> None:
