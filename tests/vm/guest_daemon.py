@@ -6,7 +6,10 @@ tests/netns/servers.py (TCP, answers with its name), a client namespace connects
 through NAT. The checks stop and start a real server and watch the *kernel's* table
 change, reload (SIGHUP and the control socket) with an added service and a changed
 weight, reload a broken file, SIGKILL the daemon and start another that adopts the
-table, and stop with ``--on-stop remove``::
+table, and stop with ``--on-stop remove``. Last, the router with pulse
+(``heartbeat = 1``, ``syncdaemon = 1``) as a backup whose primary never answers: the
+kernel's connection-sync daemon is backup until the dead timer fires, then master,
+then backup again after SIGTERM (spec §3.5 step 3)::
 
     dclient 198.18.2.2 ──veth── 198.18.2.1 director (VIP 198.18.2.100)
                                 198.19.3.1 ──veth── drs1 198.19.3.11
@@ -44,6 +47,7 @@ NAMES = [
     "daemon-sigkill-adopt",
     "daemon-verify-repairs",
     "daemon-stop-remove",
+    "daemon-pulse-sync-roles",
 ]
 
 CLIENT = r"""
@@ -418,6 +422,47 @@ def check_stop_remove(lab: Lab) -> str:
     return lab.log()
 
 
+# a backup router whose primary (198.18.2.50) is absent: pulse activates after deadtime,
+# long enough to see the standby's state first even under TCG
+PULSE = (
+    "primary = 198.18.2.50\nbackup = 198.18.2.1\nbackup_active = 1\nheartbeat = 1\n"
+    "keepalive = 2\ndeadtime = 45\nnetwork = nat\nnat_router = 198.19.3.1 drs1a:1\n"
+    "syncdaemon = 1\nsyncd_iface = dc1\nsyncd_id = 9\n"
+)
+
+
+def sync_daemons() -> str:
+    return run("ipvsadm", "-L", "--daemon")
+
+
+def check_pulse_sync_roles(lab: Lab) -> str:
+    for role in ("master", "backup"):  # what earlier checks left (examples/lvs.cf's)
+        subprocess.run(["ipvsadm", "--stop-daemon", role], capture_output=True)
+    assert "sync daemon" not in sync_daemons(), sync_daemons()
+    lab.config.write_text(PULSE + WEB.replace("eth0:1", "dc1:1"))
+    lab.start()
+    st = lab.wait(lambda s: s.get("pulse", {}).get("state", "starting") != "starting", "pulse")
+    standby = sync_daemons()
+    assert st["pulse"]["role"] == "backup", st["pulse"]
+    assert st["pulse"]["state"] == "inactive", st["pulse"]  # (deadtime not over yet)
+    assert "backup sync daemon (mcast=dc1, syncid=9" in standby, standby
+    assert "master" not in standby, standby
+    lab.wait(lambda s: s["pulse"]["state"] == "active", "the dead timer activates pulse")
+    deadline = time.monotonic() + DEADLINE_S
+    active = sync_daemons()
+    while "master sync daemon (mcast=dc1, syncid=9" not in active:
+        assert time.monotonic() < deadline, f"{active}\n{lab.log()}"
+        time.sleep(0.5)
+        active = sync_daemons()
+    assert "backup" not in active, active
+    assert lab.stop() == 0, lab.log()
+    stopped = sync_daemons()  # pulse deactivates on SIGTERM: backup again
+    assert "backup sync daemon (mcast=dc1, syncid=9" in stopped, stopped
+    assert "master" not in stopped, stopped
+    subprocess.run(["ipvsadm", "--stop-daemon", "backup"], capture_output=True)
+    return f"standby:\n{standby}active:\n{active}stopped:\n{stopped}"
+
+
 def run_checks(r, workdir: Path) -> None:
     """Run every check of :data:`NAMES` with guest.py's Runner ``r``."""
     lab = Lab(workdir)
@@ -434,5 +479,6 @@ def run_checks(r, workdir: Path) -> None:
         r.run("daemon-sigkill-adopt", check_sigkill_adopt, lab)
         r.run("daemon-verify-repairs", check_verify_repairs, lab)
         r.run("daemon-stop-remove", check_stop_remove, lab)
+        r.run("daemon-pulse-sync-roles", check_pulse_sync_roles, lab)
     finally:
         lab.down()
