@@ -2,7 +2,9 @@
 
 :func:`plan` turns a :class:`compiler.model.Config` into the services and real
 servers the XDP program serves, with their map indexes, flags and Maglev members,
-plus the compile-time features and sizes. The C renderer, the map writer, the
+plus the compile-time features and sizes, and NAT's idle timeouts. Forwarding methods:
+direct routing, tunnel and NAT (``network = nat``, where a real server's port maps the
+VIP's: VIP:80 -> RIP:8080). The C renderer, the map writer, the
 ``xdp``/``xdp-maps`` emitters and the tests all start from this one object.
 
 Scheduler mapping (docs/xdp.md has the full semantics):
