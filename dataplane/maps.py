@@ -115,7 +115,7 @@ class NatConfig(ct.Structure):
     _fields_ = [
         ("priv_mac", ct.c_uint8 * 6),
         ("pub_mac", ct.c_uint8 * 6),
-        ("pad", ct.c_uint32),
+        ("ns_per_jiffy", ct.c_uint32),
         ("tcp_ns", ct.c_uint64),
         ("tcpfin_ns", ct.c_uint64),
         ("udp_ns", ct.c_uint64),
@@ -402,17 +402,22 @@ class LbMaps:
         t[t.Key(1)] = t.Leaf(public_ifindex)
 
     def set_nat_config(
-        self, private_mac: bytes, public_mac: bytes, timeouts: tuple[int, int, int]
+        self,
+        private_mac: bytes,
+        public_mac: bytes,
+        timeouts: tuple[int, int, int],
+        hz: int,
     ) -> None:
-        """Source MACs of both sides and the (tcp, tcpfin, udp) idle timeouts in
-        seconds; keeps the clock offset."""
+        """Source MACs of both sides, the (tcp, tcpfin, udp) idle timeouts in seconds
+        and the kernel's HZ (the program's NAT clock counts jiffies); keeps the clock
+        offset."""
         t = self._t["nat_config"]
         old = NatConfig.from_buffer_copy(bytes(t[t.Key(0)]))
         tcp, fin, udp = (int(x * 1e9) for x in timeouts)
         value = NatConfig(
             (ct.c_uint8 * 6)(*private_mac),
             (ct.c_uint8 * 6)(*public_mac),
-            0,
+            1_000_000_000 // hz,
             tcp,
             fin,
             udp,

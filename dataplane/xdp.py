@@ -115,6 +115,40 @@ def attach_xdp(fn: object, ifname: str, mode: str = "native") -> str:
         return "generic"
 
 
+def kernel_hz() -> int:
+    """The running kernel's CONFIG_HZ (jiffies per second: NAT's clock), from
+    /proc/config.gz or /boot/config-RELEASE, else measured from /proc/timer_list."""
+    import gzip
+    import re
+    import time
+
+    for path, opener in (
+        ("/proc/config.gz", gzip.open),
+        (f"/boot/config-{os.uname().release}", open),
+    ):
+        try:
+            with opener(path, "rt") as f:
+                found = re.search(r"^CONFIG_HZ=(\d+)$", f.read(), re.M)
+        except OSError:
+            continue
+        if found:
+            return int(found.group(1))
+
+    def sample() -> tuple[int, int]:
+        text = Path("/proc/timer_list").read_text()
+        now = re.search(r"now at (\d+) nsecs", text)
+        jiffies = re.search(r"jiffies: (\d+)", text)
+        if not (now and jiffies):
+            raise RuntimeError("cannot tell the kernel's HZ (no config, no timer_list)")
+        return int(now.group(1)), int(jiffies.group(1))
+
+    t0, j0 = sample()
+    time.sleep(0.2)
+    t1, j1 = sample()
+    measured = (j1 - j0) * 1e9 / (t1 - t0)
+    return min((100, 250, 300, 1000), key=lambda hz: abs(hz - measured))
+
+
 def detach_xdp(ifname: str, mode: str = "native") -> None:
     flags = XDP_FLAGS_SKB_MODE if mode == "generic" else XDP_FLAGS_DRV_MODE
     _bcc().remove_xdp(ifname.encode(), flags)
@@ -379,7 +413,7 @@ class XdpDataplane:
         change with the interfaces, not with health checks."""
         m = self.maps
         m.set_nat_ports(private_ifindex, public_ifindex)
-        m.set_nat_config(private_mac, public_mac, self.plan.timeouts)
+        m.set_nat_config(private_mac, public_mac, self.plan.timeouts, kernel_hz())
         for r in self.plan.reals:
             m.set_real_port(r.index, r.port)
 

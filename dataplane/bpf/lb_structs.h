@@ -65,7 +65,7 @@ struct nat_back {             /* nat_rev value, keyed by the reply's flow_key
 struct nat_config {           /* nat_config[0], written by the loader */
     __u8 priv_mac[6];         /* source MAC of frames to the real servers */
     __u8 pub_mac[6];          /* source MAC of replies to the clients */
-    __u32 pad;
+    __u32 ns_per_jiffy;       /* 1e9 / the kernel's HZ: the NAT clock counts jiffies */
     __u64 tcp_ns;             /* idle timeout of an established TCP flow */
     __u64 tcpfin_ns;          /* ... after a FIN or RST */
     __u64 udp_ns;             /* ... of a UDP flow */

@@ -20,7 +20,7 @@ import pytest
 from compiler import compile_text
 from dataplane.libbpf import RunResult, prog_run
 from dataplane.plan import IPVS_TIMEOUTS, Plan, Sizes, flow_hash, plan
-from dataplane.xdp import XdpDataplane
+from dataplane.xdp import XdpDataplane, kernel_hz
 
 from .packets import (
     ACK,
@@ -183,6 +183,14 @@ def test_plan_accepts_nat_with_port_mapping_and_timeouts() -> None:
 def test_plan_uses_ipvs_timeouts_when_lvs_cf_sets_none() -> None:
     config = "\n".join(line for line in CONFIG.splitlines() if "_timeout" not in line)
     assert nat_plan(config).timeouts == IPVS_TIMEOUTS == (900, 120, 300)
+
+
+def test_the_nat_clock_counts_the_kernels_jiffies(nat: Nat) -> None:
+    hz = kernel_hz()
+    assert hz in (100, 250, 300, 1000)
+    cfg = nat.dp.maps.nat_config()
+    assert cfg.ns_per_jiffy * hz == 1_000_000_000
+    assert (cfg.tcp_ns, cfg.tcpfin_ns, cfg.udp_ns) == tuple(t * 10**9 for t in TIMEOUTS)
 
 
 # --- inbound --------------------------------------------------------------------
