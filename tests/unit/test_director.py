@@ -256,3 +256,17 @@ def test_xdp_states_follow_placements_and_the_sorry_server() -> None:
     d.server_event("dns", "a", True, None, "ok", now=1.0)
     d.server_event("dns", "a", False, None, "bad", now=2.0)
     assert xdp_states(d.desired(), p)[index[("dns", "a")]].weight == 0
+
+
+def test_xdp_index_is_memoised_for_the_same_config_and_plan_only() -> None:
+    """The daemon asks on every apply; the memo answers for the very same objects, and
+    a reloaded config (a new object) gets a fresh index."""
+    d = Director(cfg(web=SORRY))
+    p = plan(with_sorry_servers(d.config))
+    first = xdp_index(d.config, p)
+    assert xdp_index(d.config, p) is first
+    with pytest.raises(TypeError):
+        first[("web", "a")] = 99  # read-only: a caller cannot spoil the memo
+    other = Director(cfg(web=SORRY)).config
+    again = xdp_index(other, p)
+    assert again is not first and dict(again) == dict(first)
