@@ -25,7 +25,11 @@ fault to the end of the first successful connection started after it; the attemp
 started after the fault that failed before then (requests lost); and how many of 6
 TCP connections opened before the fault still echo after it (established kept).
 
-    .venv/bin/python bench/failover_bench.py [--only pulse-0.1] [--json FILE]
+    .venv/bin/python bench/failover_bench.py [--only pulse-0.1] [--repeat N] [--json FILE]
+
+``--repeat N`` runs every setup and fault N times (interleaved: each round runs every
+setup once, so a burst of load from elsewhere hits them alike) and prints each run,
+then the median and range of every row and the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import functools
 import json
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -216,6 +221,7 @@ def main() -> int:
     ap.add_argument("--only", action="append", help="setups whose name contains this")
     ap.add_argument("--faults", default="dead,link")
     ap.add_argument("--json", help="write the results here too")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of every setup and fault")
     args = ap.parse_args()
     setups = [s for s in SETUPS if not args.only or any(o in s.name for o in args.only)]
     work = Path(tempfile.mkdtemp(prefix="failover-bench-"))
@@ -227,28 +233,38 @@ def main() -> int:
             lab.build()
             for name in REALS:
                 lab.serve(name, functools.partial(topo.serve, greet=True))
-            for s in setups:
-                for fault in args.faults.split(","):
-                    r = bench.run(s, fault)
-                    results.append(r)
-                    gap = "none" if r.gap_ms is None else f"{r.gap_ms:.0f} ms"
-                    print(f"{r.setup:15} {fault:5} gap {gap:>8}  lost {r.lost:3} of "
-                          f"{r.attempts}  established kept {r.established_kept}/{HELD}",
-                          flush=True)  # fmt: skip
+            for i in range(args.repeat):
+                for s in setups:
+                    for fault in args.faults.split(","):
+                        r = bench.run(s, fault)
+                        results.append(r)
+                        gap = "none" if r.gap_ms is None else f"{r.gap_ms:.0f} ms"
+                        print(f"#{i + 1} {r.setup:15} {fault:5} gap {gap:>8}  lost {r.lost:3} "
+                              f"of {r.attempts}  established kept {r.established_kept}/{HELD}",
+                              flush=True)  # fmt: skip
         finally:
             lab.close()
             shutil.rmtree(work, ignore_errors=True)
-    by = {(r.setup, r.fault): r for r in results}
-    print("\nratios of the gaps (pulse / keepalived):")
+    gaps: dict[tuple[str, str], list[float]] = {}
+    for r in results:
+        if r.gap_ms is not None:
+            gaps.setdefault((r.setup, r.fault), []).append(r.gap_ms)
+    if args.repeat > 1:
+        print("\nmedian [min-max] of the gaps:")
+        for (setup, fault), g in gaps.items():
+            print(f"  {setup:15} {fault:5} {statistics.median(g):.0f} ms "
+                  f"[{min(g):.0f}-{max(g):.0f}] of {len(g)}")  # fmt: skip
+    print("\nratios of the gaps (pulse / keepalived; medians):")
     for fault in args.faults.split(","):
         for p, k in (
             ("pulse-2/5", "keepalived-1"),
             ("pulse-1/3", "keepalived-1"),
             ("pulse-0.1/0.3", "keepalived-0.1"),
         ):
-            a, b = by.get((p, fault)), by.get((k, fault))
-            if a and b and a.gap_ms and b.gap_ms:
-                print(f"  {fault:5} {p} / {k}: {a.gap_ms / b.gap_ms:.2f}")
+            a, b = gaps.get((p, fault)), gaps.get((k, fault))
+            if a and b:
+                ratio = statistics.median(a) / statistics.median(b)
+                print(f"  {fault:5} {p} / {k}: {ratio:.2f}")
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0

@@ -47,11 +47,11 @@ on activation, backup again on deactivation and stop.
 **hard_shutdown under pulse.** piranha's lvs exited when a nanny died with
 ``hard_shutdown = 1``, removing its services; pulse saw its child die, gave the VIPs
 up and set CHILDFAIL (no activation until the peer's RUNNING heartbeat), and kept
-running (spec §3.6, §4.5). The router does the same in one process: the director and
-its checks stop, our services leave the dataplane, pulse deactivates, and the process
-stays up as a standby; a later activation starts a fresh director. Without a peer
-(``backup_active = 0``) nothing could ever clear CHILDFAIL, so the router exits (1) as
-the plain daemon does.
+running (spec §3.6, §4.5). The router does the same in one process: pulse deactivates
+(VIPs first, so the peer takes over at once), the director and its checks stop, our
+services leave the dataplane, and the process stays up as a standby; a later
+activation starts a fresh director. Without a peer (``backup_active = 0``) nothing
+could ever clear CHILDFAIL, so the router exits (1) as the plain daemon does.
 
 **Reload under pulse.** The director reloads as without pulse (virtuals, servers,
 checks, timeouts, the sync daemon's interface and id) and pulse takes the new
@@ -322,7 +322,8 @@ class Router(Daemon):
 
     async def _on_deactivate(self) -> None:
         self._active = False
-        if self.popts.standby == "cold" and self.director is not None:
+        # (a hard_shutdown stops the director itself: _director_died)
+        if self.popts.standby == "cold" and self.director is not None and not self._child_failing:
             await self.stop_director()
         _log(logging.INFO, "inactive: standing by", standby=self.popts.standby)
 
@@ -349,13 +350,16 @@ class Router(Daemon):
             return
         _log(
             logging.CRITICAL,
-            "checker died (hard_shutdown = 1): director stopped and our services "
-            "removed; giving up the VIPs to the peer, standing by until its heartbeat",
+            "checker died (hard_shutdown = 1): giving up the VIPs to the peer, "
+            "stopping the director, removing our services; standing by until its heartbeat",
             virtual=virtual,
             server=server,
             reason=reason,
         )
         self._child_failing = True
+        # the VIPs first (our next heartbeat says STOPPED: the peer takes over at once),
+        # then the director and its services, as lvs's exit
+        self.pulse.child_failed()
         asyncio.get_running_loop().create_task(self._director_died())
 
     async def _director_died(self) -> None:
@@ -370,8 +374,6 @@ class Router(Daemon):
                         _log(logging.INFO, "dataplane", change=c)
                 except BackendError as err:
                     _log(logging.ERROR, "could not remove our services", error=err.message)
-            assert self.pulse is not None
-            self.pulse.child_failed()  # deactivate: VIPs down, sync daemon backup
         finally:
             self._child_failing = False
 
