@@ -302,9 +302,26 @@ class XdpBackend:
         from dataplane.plan import PlanError, plan
 
         try:
-            return plan(with_sorry_servers(config))
+            p = plan(with_sorry_servers(config))
         except PlanError as err:
             raise BackendError(err.message, err.span, err.help) from err
+        if "nat" in p.features:
+            # The program can NAT (dataplane/xdp.py configure_nat/attach_nat), but the
+            # daemon does not yet take a private interface or bring up nat_router: say
+            # so instead of loading a program that drops every NAT packet.
+            from compiler.model import Network
+
+            nat = [v for v in config.active_virtuals if config.forwarding(v) is Network.NAT]
+            vs = nat[0] if nat else config.active_virtuals[0]
+            span = vs.spans.get("network") or config.spans.get("network")
+            raise BackendError(
+                f"virtual {vs.name}: NAT forwarding is not available in `lvs-router run` "
+                "on the XDP dataplane yet (no private interface or nat_router handling)",
+                span,
+                "use `--dataplane ipvs` for NAT virtuals, or `lvs-router apply --dataplane "
+                "xdp --nat-interface IF` to load a static NAT table",
+            )
+        return p
 
     def load(self, config: Config) -> None:
         from dataplane.xdp import XdpDataplane

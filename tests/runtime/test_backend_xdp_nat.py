@@ -1,0 +1,43 @@
+"""`lvs-router run --dataplane xdp` refuses NAT virtuals with the lvs.cf position.
+
+The XDP program can NAT, but the daemon does not yet take the private interface or
+bring up nat_router; loading anyway would drop every NAT packet, so it says so."""
+
+from __future__ import annotations
+
+import pytest
+
+from compiler import compile_text
+from runtime.backends import BackendError, XdpBackend
+
+CF = """primary = 198.18.0.1
+network = direct
+nat_router = 198.19.0.1 eth1:1
+virtual web {
+     active = 1
+     address = 198.18.0.100 eth0:1
+     port = 80
+     network = nat
+     server a {
+         address = 198.19.0.11
+         active = 1
+     }
+}
+"""
+
+
+def test_a_nat_virtual_is_refused_at_its_network_line() -> None:
+    result = compile_text("lvs.cf", CF)
+    assert result.ok
+    backend = XdpBackend("lo", pin_dir="/nonexistent/never-used")
+    with pytest.raises(BackendError) as err:
+        backend.load(result.config)
+    assert "virtual web: NAT forwarding is not available" in err.value.message
+    assert str(err.value.span).startswith("lvs.cf:8:")
+    assert "--dataplane ipvs" in (err.value.help or "")
+
+
+def test_direct_routing_passes_the_check() -> None:
+    result = compile_text("lvs.cf", CF.replace("network = nat", "network = direct"))
+    plan = XdpBackend("lo", pin_dir="/nonexistent/never-used")._plan(result.config)
+    assert "nat" not in plan.features
