@@ -10,7 +10,8 @@
 * ``hard_shutdown = 1`` under pulse: a checker of the active router dies (in-process,
   so the test can be the monitor's caller); its director stops, the VIP goes to the
   peer, the router stays up as a standby with CHILDFAIL until the peer's RUNNING
-  heartbeat, and a later activation starts a fresh director;
+  heartbeat, and a later activation starts a fresh director; without a partner
+  (``backup_active = 0``) it exits 1 instead;
 * a reload that changes a pulse setting (keepalive) is refused, naming the line.
 """
 
@@ -221,3 +222,46 @@ def test_a_reload_changing_a_pulse_timer_is_refused(lab: Lab) -> None:
     # back to the config pulse started with: that reload goes through
     lab.write_config(CONFIG)
     assert request(lab.routers["ra"].socket, "reload", timeout=30)["ok"]
+
+
+def test_hard_shutdown_without_a_partner_exits(lab: Lab) -> None:
+    """``backup_active = 0``: nothing could clear CHILDFAIL, so the router removes its
+    services and exits 1 like the plain daemon, leaving no VIP behind."""
+    lab.write_config(CONFIG.replace("backup_active = 1", "backup_active = 0"))
+    ra = lab.routers["ra"]
+    opts = Options(
+        config=str(lab.work / "lvs.cf"),
+        dataplane="xdp",
+        interface="eth0",
+        pin_dir=ra.pin_dir,
+        socket=ra.socket,
+        metrics=None,
+    )
+    lines = _Lines()
+    logger = logging.getLogger("lvs-router")
+    logger.addHandler(lines)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+
+    async def scenario() -> int:
+        router = Router(opts, PulseOptions(garp_interval=0.3))
+        running = asyncio.create_task(router.run())
+        await asyncio.to_thread(
+            lab.wait,
+            "ra serves",
+            lambda: lab.servers_up("ra") == set(REALS) and lab.has_vip("ra"),
+            90,
+        )
+        router.checker_crashed("web", "rs1", "RuntimeError('boom')")
+        return await asyncio.wait_for(running, 60)
+
+    try:
+        with inside(ra.ns):
+            code = asyncio.run(scenario())
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(old_level)
+    assert code == 1
+    assert not lab.has_vip("ra")
+    said = [m for m in lines.lines if "checker died" in m]
+    assert len(said) == 1 and "no peer to take over" in said[0], said
