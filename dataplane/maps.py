@@ -251,6 +251,18 @@ def _cast(obj: ct.Structure | ct._SimpleCData, to: type) -> Any:
     return to.from_buffer_copy(bytes(obj))
 
 
+def _flow_tuple(raw: object) -> tuple[IPv4Address, int, IPv4Address, int, int]:
+    """A FlowKey map key as (saddr, sport, daddr, dport, proto), host order."""
+    key = FlowKey.from_buffer_copy(bytes(raw))
+    return (
+        IPv4Address(socket.ntohl(key.saddr)),
+        socket.ntohs(key.sport),
+        IPv4Address(socket.ntohl(key.daddr)),
+        socket.ntohs(key.dport),
+        key.proto,
+    )
+
+
 class LbMaps:
     """The maps of one loaded program (a ``bcc.BPF``), with typed accessors."""
 
@@ -440,34 +452,16 @@ class LbMaps:
         """Reply 5-tuples (RIP, rport, client, cport, proto) -> (VIP, vport)."""
         out = {}
         for k, v in self._t["nat_rev"].items():
-            key = FlowKey.from_buffer_copy(bytes(k))
             val = NatBack.from_buffer_copy(bytes(v))
-            out[
-                (
-                    IPv4Address(socket.ntohl(key.saddr)),
-                    socket.ntohs(key.sport),
-                    IPv4Address(socket.ntohl(key.daddr)),
-                    socket.ntohs(key.dport),
-                    key.proto,
-                )
-            ] = (IPv4Address(socket.ntohl(val.vip)), socket.ntohs(val.vport))
+            out[_flow_tuple(k)] = (IPv4Address(socket.ntohl(val.vip)), socket.ntohs(val.vport))
         return out
 
     # state
     def flows(self) -> dict[tuple, tuple[int, IPv4Address]]:
         out = {}
         for k, v in self._t["conntrack"].items():
-            key = FlowKey.from_buffer_copy(bytes(k))
             val = FlowState.from_buffer_copy(bytes(v))
-            out[
-                (
-                    IPv4Address(socket.ntohl(key.saddr)),
-                    socket.ntohs(key.sport),
-                    IPv4Address(socket.ntohl(key.daddr)),
-                    socket.ntohs(key.dport),
-                    key.proto,
-                )
-            ] = (val.real, IPv4Address(socket.ntohl(val.addr)))
+            out[_flow_tuple(k)] = (val.real, IPv4Address(socket.ntohl(val.addr)))
         return out
 
     def clear_flows(self) -> None:

@@ -32,7 +32,7 @@ from bcc import BPF
 from dataplane.xdp import attach_xdp
 from runtime.control import ControlError, request
 from runtime.daemon import Daemon, Options
-from tests.netns.topo import Netns, Topology, inside
+from tests.netns.topo import Netns, Topology, ask, inside
 
 pytestmark = pytest.mark.netns
 
@@ -130,12 +130,7 @@ class Lab:
     # ---------------------------------------------------------------- client
 
     def ask(self, **command: object) -> object:
-        assert self.client.stdin and self.client.stdout
-        self.client.stdin.write(json.dumps(command) + "\n")
-        self.client.stdin.flush()
-        answer = json.loads(self.client.stdout.readline())
-        assert "error" not in answer, answer["error"]
-        return answer["ok"]
+        return ask(self.client, **command)
 
     def names(self, port: int = 80, n: int = 20) -> set[str]:
         return set(self.ask(op="names", src=CLIENT_ADDR, dst=VIP, port=port, n=n))

@@ -31,7 +31,7 @@ from compiler import compile_text
 from dataplane.decap import Decap
 from dataplane.plan import Plan, RealPlan, ServicePlan, Sizes, addr_hash, flow_hash, plan
 from dataplane.xdp import RealState, XdpDataplane, attach_xdp
-from tests.netns.topo import Netns, Topology, inside
+from tests.netns.topo import Netns, Topology, ask, inside
 
 pytestmark = pytest.mark.netns
 
@@ -133,12 +133,7 @@ class Lab:
     state: dict[int, RealState] = field(default_factory=dict)
 
     def ask(self, **command: object) -> object:
-        assert self.client.stdin and self.client.stdout
-        self.client.stdin.write(json.dumps(command) + "\n")
-        self.client.stdin.flush()
-        answer = json.loads(self.client.stdout.readline())
-        assert "error" not in answer, answer["error"]
-        return answer["ok"]
+        return ask(self.client, **command)
 
     def service(self, name: str) -> ServicePlan:
         return next(s for s in self.plan.services if s.name == name)

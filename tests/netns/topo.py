@@ -18,6 +18,7 @@ tests/netns/conftest.py)::
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -132,3 +133,15 @@ class Capture:
             self.proc.terminate()
             self.proc.wait(5)
         return read_pcap(self.path)
+
+
+def ask(client: subprocess.Popen, **command: object) -> object:
+    """One request to a JSON-line client process (a test's CLIENT script: one JSON
+    command per stdin line, one ``{"ok": ...}`` or ``{"error": ...}`` line back), so a
+    test can hold connections open across steps; an error answer fails the test."""
+    assert client.stdin and client.stdout
+    client.stdin.write(json.dumps(command) + "\n")
+    client.stdin.flush()
+    answer = json.loads(client.stdout.readline())
+    assert "error" not in answer, answer["error"]
+    return answer["ok"]
