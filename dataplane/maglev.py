@@ -98,38 +98,55 @@ def _schedule(weights: Sequence[int], limit: int) -> list[int]:
     return out
 
 
-def _fill(members: Sequence[Member], eligible: Sequence[int], size: int) -> np.ndarray:
-    """The whole table: the ``eligible`` members take turns (:func:`_schedule`)
-    claiming their most preferred empty slot.
+def _claim(
+    members: Sequence[Member], eligible: Sequence[int], size: int, full: bytearray, left: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The turn rule over the slots that are not ``full``: the ``eligible`` members
+    take turns (:func:`_schedule`) claiming their most preferred free slot until
+    ``left`` (all the free) slots are claimed. Returns the slots claimed and, for each,
+    the claimer's position in ``eligible``. ``full`` is used up.
 
-    Two phases with one result. While the table is sparse, each turn walks the
-    member's permutation to its next empty slot. Once only ``DENSE_AT`` of the slots
-    are empty, every remaining empty slot lies *after* each member's position in its
-    permutation (the slots before it were full when it passed them, and slots never
-    empty again), so each member's next choice is simply the empty slot of lowest
-    rank in its permutation: the ranks are computed with numpy and the turns go on
-    over those preference lists (:func:`_turns`, which :func:`without` uses too)."""
-    order = _schedule([members[i].weight for i in eligible], size)
+    Two phases with one result. While many slots are free, each turn walks the
+    member's permutation to its next free slot. Once only ``DENSE_AT`` of the table
+    is free, every remaining free slot lies *after* each member's position in its
+    permutation (the slots before it were full or claimed when it passed them, and a
+    slot never becomes free again), so each member's next choice is simply the free
+    slot of lowest rank in its permutation: the ranks are computed with numpy and the
+    turns go on over those preference lists (:func:`_turns`). A whole build frees
+    every slot; :func:`without` frees the slots of the members taken out, and when
+    that is most of the table, walking is what keeps it as cheap as a build."""
+    weights = [members[i].weight for i in eligible]
+    order = _schedule(weights, left)
     perms = [_offset_skip(members[i].key, size) for i in eligible]
     skips = [skip for _off, skip in perms]
     nexts = [off for off, _skip in perms]  # each member's slot at j = 0
-    full = bytearray(size)
-    owner = array("i", [0]) * size  # position in eligible; valid where full
-    sparse = size - max(int(size * DENSE_AT), 1)  # claims made by walking permutations
+    owner = array("i", [0]) * size  # position in eligible; valid where claimed
+    sparse = max(left - max(int(size * DENSE_AT), 1), 0)  # claims made by walking
+    walked = array("i")
     for n in islice(cycle(order), sparse):
         slot, skip = nexts[n], skips[n]
         while full[slot]:
             slot = (slot + skip) % size
         full[slot] = 1
         owner[slot] = n
+        walked.append(slot)
         nexts[n] = (slot + skip) % size
     view = np.frombuffer(owner, dtype=np.int32)
     empties = np.flatnonzero(np.frombuffer(full, dtype=np.uint8) == 0)
-    weights = [members[i].weight for i in eligible]
     prefs = _Preferences(empties, perms, size, _head(len(empties), weights))
-    for slot, n in _turns(prefs, order, sparse % len(order), size - sparse):
+    for slot, n in _turns(prefs, order, sparse % len(order), left - sparse):
         view[slot] = n
-    return np.array(eligible, dtype=np.int32)[view]
+    slots = np.concatenate([np.frombuffer(walked, dtype=np.int32), empties.astype(np.int32)])
+    return slots, view[slots]
+
+
+def _fill(members: Sequence[Member], eligible: Sequence[int], size: int) -> np.ndarray:
+    """The whole table: the ``eligible`` members take turns claiming their most
+    preferred empty slot (:func:`_claim` over an empty table)."""
+    slots, owners = _claim(members, eligible, size, bytearray(size), size)
+    table = np.empty(size, dtype=np.int32)
+    table[slots] = np.array(eligible, dtype=np.int32)[owners]
+    return table
 
 
 class _Preferences:
@@ -217,25 +234,24 @@ def without(
     remaining members of weight > 0 (by their permutations and weights); every
     other slot keeps its member.
 
-    Same result as running the turn rule over the freed slots only, computed without
-    walking whole permutations: a member's preference among the freed slots is the
-    order of their positions ``j`` in its permutation, ``j = (slot - offset) *
-    skip⁻¹ (mod size)``."""
+    The turn rule over the freed slots only (:func:`_claim`): a member's preference
+    among them is the order of their positions ``j`` in its permutation. A few freed
+    slots (one server of many out) go by preference lists, ``j = (slot - offset) *
+    skip⁻¹ (mod size)``, without walking permutations; many (most servers still out,
+    as while a daemon starts) by walking first, so the cost never exceeds a build's."""
     size = size or len(base)
     outs = np.fromiter(sorted(set(out)), dtype=np.int32)
     table = base.copy()
-    freed = np.flatnonzero(np.isin(base, outs))
+    freed = np.isin(base, outs)
     table[freed] = EMPTY
-    eligible = [i for i, m in enumerate(members) if m.weight > 0 and i not in set(out)]
-    if not len(freed) or not eligible:
+    gone = set(out)
+    eligible = [i for i, m in enumerate(members) if m.weight > 0 and i not in gone]
+    left = int(np.count_nonzero(freed))
+    if not left or not eligible:
         return table
-    weights = [members[i].weight for i in eligible]
-    perms = [_offset_skip(members[i].key, size) for i in eligible]
-    prefs = _Preferences(freed, perms, size, _head(len(freed), weights))
-    order = _schedule(weights, len(freed))
-    owners = [x for slot, n in _turns(prefs, order, 0, len(freed)) for x in (slot, eligible[n])]
-    pairs = np.array(owners, dtype=np.int64).reshape(-1, 2)
-    table[pairs[:, 0]] = pairs[:, 1]
+    full = bytearray((~freed).view(np.uint8).tobytes())
+    slots, owners = _claim(members, eligible, size, full, left)
+    table[slots] = np.array(eligible, dtype=np.int32)[owners]
     return table
 
 

@@ -171,3 +171,66 @@ def test_two_phase_build_equals_the_plain_loop_at_full_size(weights: list[int]) 
     assert (maglev.build(ms) == _reference(ms, M)).all()
     out = {1, 3}
     assert (maglev.table(ms, out) == maglev.without(_reference(ms, M), ms, out)).all()
+
+
+def _reference_without(
+    base: np.ndarray, members: list[Member], out: set[int], size: int
+) -> np.ndarray:
+    """The turn rule over the freed slots written the plain way: credits per round
+    among the members left, each claim walking the member's permutation from its start
+    to a freed slot nobody claimed yet."""
+    table = base.copy()
+    freed = np.isin(base, list(out))
+    table[freed] = EMPTY
+    eligible = [i for i, m in enumerate(members) if m.weight > 0 and i not in out]
+    free = int(freed.sum())
+    if not eligible or not free:
+        return table
+    ws = [members[i].weight for i in eligible]
+    top = max(ws)
+    perms = [maglev._offset_skip(members[i].key, size) for i in eligible]
+    nexts = [off for off, _ in perms]
+    credit = [0] * len(eligible)
+    open_ = freed.copy()
+    while free:
+        for n in range(len(eligible)):
+            credit[n] += ws[n]
+            if credit[n] < top:
+                continue
+            credit[n] -= top
+            slot = nexts[n]
+            while not open_[slot]:
+                slot = (slot + perms[n][1]) % size
+            open_[slot] = False
+            table[slot] = eligible[n]
+            nexts[n] = (slot + perms[n][1]) % size
+            free -= 1
+            if not free:
+                break
+    return table
+
+
+@slow
+@given(
+    st.lists(st.integers(min_value=0, max_value=6), min_size=2, max_size=40),
+    st.sampled_from([61, 257, 1021, 4093]),
+    st.data(),
+)
+def test_without_equals_the_plain_loop_over_the_freed_slots(
+    ws: list[int], size: int, data: st.DataObject
+) -> None:
+    """Any number taken out, from one to all: a few freed slots go by preference
+    lists, many by walking permutations first; both are the plain turn rule."""
+    ms = members_of(ws)
+    out = set(data.draw(st.lists(st.integers(0, len(ws) - 1), unique=True)))
+    base = maglev.build(ms, size)
+    assert (maglev.without(base, ms, out, size) == _reference_without(base, ms, out, size)).all()
+
+
+def test_without_many_out_at_full_size_equals_the_plain_loop() -> None:
+    """A service with most of its servers still out (a daemon starting) at
+    M = 65537: the walking phase of without gives the plain loop's table."""
+    ms = members_of([1 + i % 3 for i in range(40)])
+    base = maglev.build(ms)
+    for out in ({*range(0, 40, 2)}, {*range(35)}, {5}):
+        assert (maglev.without(base, ms, out) == _reference_without(base, ms, out, M)).all()
