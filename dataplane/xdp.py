@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -195,6 +195,14 @@ class XdpDataplane:
         self._stale_cleared = False
         self._services_synced = False  # services and VIPs depend on the plan only
         self._writes_seen: int | None = None  # maps.writes after our last sync
+        self._macs: dict[IPv4Address, bytes] | None = None  # the MACs of the last sync
+        # the plan's reals, by index, with their service; and by address (MAC changes)
+        self._all_reals = plan.reals
+        self._service_of = {r.index: s for s in plan.services for r in s.reals}
+        self._real_of = {r.index: r for r in self._all_reals}
+        self._at: dict[IPv4Address, list[int]] = {}
+        for r in self._all_reals:
+            self._at.setdefault(r.address, []).append(r.index)
 
     @property
     def prog_fd(self) -> int:
@@ -317,12 +325,14 @@ class XdpDataplane:
             self._written_from.clear()
             self._globals = None
             self._services_synced = False
+            self._macs = None
 
     def sync(
         self,
         macs: Mapping[IPv4Address, bytes],
         state: Mapping[int, RealState] | None = None,
         *,
+        touched: Iterable[int] | None = None,
         tunnel_source: IPv4Address = TUNNEL_SOURCE,
         tunnel_vary_bits: int = 16,
     ) -> None:
@@ -333,14 +343,34 @@ class XdpDataplane:
         it differs from what this process last wrote (the first sync compares with
         the maps, which may be adopted), a table is recomputed only when its members
         or taken-out set changed, and services and VIPs, which depend on the plan
-        only, are compared with the maps on the first sync alone."""
+        only, are compared with the maps on the first sync alone.
+
+        ``touched``: the real indexes whose state may differ from the last sync's
+        (the caller knows what changed): only those reals, the reals at addresses
+        whose MAC changed, and the services holding any of them are visited, so one
+        server going down costs its entry and its service's table, whatever the size
+        of the plan. ``state`` must still hold every real's state (a touched
+        service's table depends on all its reals). None: visit everything."""
         state = state or {}
         plan, m = self.plan, self.maps
-        reals = plan.reals
+        self._forget_if_bypassed()
+        if touched is None or self._macs is None or not self._services_synced:
+            reals: Iterable = self._all_reals
+            services: Iterable[ServicePlan] = plan.services
+        else:
+            indexes = set(touched)
+            if macs != self._macs:  # the reals behind an address whose MAC changed
+                old = self._macs
+                for addr in macs.keys() | old.keys():
+                    if macs.get(addr) != old.get(addr):
+                        indexes.update(self._at.get(addr, ()))
+            real_of = self._real_of
+            reals = [real_of[i] for i in sorted(indexes) if i in real_of]
+            held = {self._service_of[r.index].index: self._service_of[r.index] for r in reals}
+            services = [held[i] for i in sorted(held)]
         missing = sorted({r.address for r in reals if r.address not in macs})
         if missing:
             raise MissingMac(missing)
-        self._forget_if_bypassed()
         if self._globals != (tunnel_source, tunnel_vary_bits):
             m.set_globals(tunnel_source, tunnel_vary_bits)
             self._globals = (tunnel_source, tunnel_vary_bits)
@@ -358,11 +388,11 @@ class XdpDataplane:
                 m.set_real(r.index, r.address, entry[1], flags)
             known[r.index] = entry
         if not self._stale_cleared:  # entries a previous program left behind
-            for i in range(len(reals) + 1, plan.sizes.max_reals):
+            for i in range(len(self._all_reals) + 1, plan.sizes.max_reals):
                 if m.real(i).addr != IPv4Address(0):
                     m.set_real(i, None, b"", REAL_F_FAILED)  # its flows reschedule
             self._stale_cleared = True
-        for svc in plan.services:
+        for svc in services:
             key = self._table_key(svc, state)
             if self._written_from.get(svc.index) == key and svc.index in self._written:
                 continue
@@ -374,6 +404,8 @@ class XdpDataplane:
         if not self._services_synced:
             self._sync_services()
             self._services_synced = True
+        if self._macs is None or macs != self._macs:
+            self._macs = dict(macs)
         self._writes_seen = m.writes
 
     def _sync_services(self) -> None:

@@ -36,11 +36,12 @@ from .director import (
     Desired,
     Key,
     Placement,
+    XdpLayout,
     overrides,
     servers,
     with_sorry_servers,
     xdp_index,
-    xdp_states,
+    xdp_layout,
 )
 
 log = logging.getLogger("lvs-router")
@@ -297,6 +298,17 @@ class XdpBackend:
         self._macs: dict[IPv4Address, bytes] = {}
         self.attached_mode: str | None = None
         self._removed = False  # after remove(): the maps are left alone
+        # what the last successful apply gave the dataplane: the decision, to which
+        # program, and every real's state (an incremental apply changes a few)
+        self._applied: tuple[Desired, object] | None = None
+        self._states: dict = {}  # real index -> dataplane.xdp.RealState
+        self._wire_macs: dict[IPv4Address, bytes] = {}  # what sync got: zeros where none
+        self._layout: tuple[object, list[IPv4Address], dict[int, IPv4Address], bool] = (
+            None,
+            [],
+            {},
+            False,
+        )
 
     def _plan(self, config: Config):
         from dataplane.plan import PlanError, plan
@@ -353,28 +365,60 @@ class XdpBackend:
             out[key] = Placement(True, weight)
         return out
 
-    def apply(self, desired: Desired) -> list[str]:
+    def _plan_layout(self, plan) -> tuple[object, list[IPv4Address], dict[int, IPv4Address], bool]:
+        """Once per plan: its sorted real-server addresses, each real's address, and
+        whether every address has a static MAC (then there is no neighbour table to
+        follow)."""
+        if self._layout[0] is not plan:
+            reals = plan.reals
+            addresses = sorted({r.address for r in reals})
+            static = all(a in self.neighbours.static for a in addresses)
+            self._layout = (plan, addresses, {r.index: r.address for r in reals}, static)
+        return self._layout
+
+    def _state(self, layout: XdpLayout, desired: Desired, index: int, address: IPv4Address):
         from dataplane.xdp import RealState
 
+        if address not in self._macs:  # no MAC yet: cannot forward there, keep it out
+            return RealState(failed=True)
+        st = layout.state(desired, index)
+        return RealState() if st is None else RealState(failed=st.failed, weight=st.weight)
+
+    def apply(self, desired: Desired) -> list[str]:
+        """Make the maps hold ``desired``. When the last apply went to the same
+        program and ``desired`` comes from the same director history, only the reals
+        of the servers whose placement changed since (and their services' tables) are
+        visited; otherwise (start, reload, a new program, a failed apply) the whole
+        decision, with the neighbour table re-read."""
         self._desired = desired
         if self._removed:
             return []
         dp = self._current()
-        addresses = sorted({r.address for r in dp.plan.reals})
-        self._macs = self.neighbours.refresh(addresses)
-        states = {}
-        for index, st in xdp_states(desired, dp.plan).items():
-            states[index] = RealState(failed=st.failed, weight=st.weight)
+        layout = xdp_layout(desired.config, dp.plan)
+        applied, self._applied = self._applied, None
+        changed = None
+        if applied is not None and applied[1] is dp:
+            changed = desired.changed_since(applied[0])
         changes = []
-        missing: dict[IPv4Address, list[str]] = {}
-        for r in dp.plan.reals:  # no MAC yet: cannot forward there, keep it out
-            if r.address not in self._macs:
-                states[r.index] = RealState(failed=True)
-                missing.setdefault(r.address, []).append(r.name)
-        for addr, names in missing.items():
-            changes.append(f"no MAC for {addr} yet, kept out: {', '.join(sorted(set(names)))}")
-        macs = {a: self._macs.get(a, b"\0" * 6) for a in addresses}
-        dp.sync(macs, states)
+        _plan, addresses, address_of, _static = self._plan_layout(dp.plan)
+        if changed is None:
+            self._macs = self.neighbours.refresh(addresses)
+            states = {}
+            missing: dict[IPv4Address, list[str]] = {}
+            for r in dp.plan.reals:
+                states[r.index] = self._state(layout, desired, r.index, r.address)
+                if r.address not in self._macs:
+                    missing.setdefault(r.address, []).append(r.name)
+            for addr, names in missing.items():
+                changes.append(f"no MAC for {addr} yet, kept out: {', '.join(sorted(set(names)))}")
+            self._wire_macs = {a: self._macs.get(a, b"\0" * 6) for a in addresses}
+            self._states = states
+            dp.sync(self._wire_macs, states)
+        else:
+            touched = layout.touched(changed)
+            for index in touched:
+                self._states[index] = self._state(layout, desired, index, address_of[index])
+            dp.sync(self._wire_macs, self._states, touched=touched)
         if self._pending is not None:
             old, self._dp, self._pending = self._dp, self._pending, None
             try:
@@ -385,18 +429,21 @@ class XdpBackend:
             changes.append(f"XDP program attached to {self.interface} ({self.attached_mode})")
             if old is not None:
                 old.close()
+        self._applied = (desired, dp)
         return changes
 
     def tick(self) -> list[str]:
-        """Follow the neighbour table: a changed or newly learned MAC re-syncs the maps."""
+        """Follow the neighbour table: a changed or newly learned MAC re-syncs the maps
+        (whole: rare). Nothing to read when every real has a static MAC."""
         if self._desired is None or self._dp is None or self._removed:
             return []
-        addresses = sorted({r.address for r in self._dp.plan.reals})
-        if self.neighbours.refresh(addresses) == self._macs:
+        _plan, addresses, _address_of, static = self._plan_layout(self._dp.plan)
+        if static or self.neighbours.refresh(addresses) == self._macs:
             return []
         from .neighbours import format_mac
 
         old = self._macs
+        self._applied = None  # the MACs changed under every real of those addresses
         changes = self.apply(self._desired)
         for a in addresses:
             if a in self._macs and old.get(a) != self._macs[a]:

@@ -42,12 +42,13 @@ from compiler.model import Config
 
 from .backends import Backend, BackendError
 from .control import DEFAULT_SOCKET, ControlError, ControlServer
-from .director import Director, Health, Verdict, servers
+from .director import Director, Health, Verdict
 
 log = logging.getLogger("lvs-router")
 
 EXIT_OK, EXIT_ERRORS = 0, 1
 TICK_S = 1.0
+FIRST_ROUND_MAX_S = 5.0  # start-up: longest wait for every server's first verdict
 COUNTERS_MAX_AGE_S = 30.0  # dataplane counters in the metrics: re-read at most this often
 
 
@@ -330,11 +331,12 @@ class Daemon:
         first check fails is no change to the monitor, so it is told here."""
         if self.metrics is not None:
             self.metrics.observe_check(virtual, server, result.ok, result.latency)
+        if result.ok:  # 10,000 a second at scale: nothing more to do for a good one
+            return
         d = self.director
-        unknown = d is not None and d.health((virtual, server)) is Health.UNKNOWN
         if (
-            not result.ok
-            and unknown
+            d is not None
+            and d.health((virtual, server)) is Health.UNKNOWN
             and d.server_event(virtual, server, False, None, result.detail, self.clock())
         ):
             _log(
@@ -401,7 +403,26 @@ class Daemon:
             self.metrics.observe_sync(took)
         return changes
 
+    async def _first_round(self) -> None:
+        """Start-up: hold the applier until every server has had its first verdict
+        (bounded by the longest check timeout, at most ``FIRST_ROUND_MAX_S``), so that
+        the servers come in with one sync of their final tables instead of one per
+        trickle of first results: flows do not move between servers meanwhile, and
+        at 10,000 servers each intermediate table (a service with most of its servers
+        still out) would cost a Maglev fill. A server adopted from the dataplane
+        serves meanwhile as it did."""
+        d, config = self.director, self.config
+        if d is None or config is None:
+            return
+        bound = max((vs.timeout for vs in config.active_virtuals), default=1)
+        deadline = self.clock() + min(float(bound), FIRST_ROUND_MAX_S)
+        waiting = [k for k in d.managed() if d.health(k) is Health.UNKNOWN]
+        while waiting and self.clock() < deadline:
+            await asyncio.sleep(0.02)
+            waiting = [k for k in waiting if d.health(k) is Health.UNKNOWN]
+
     async def _applier(self) -> None:
+        await self._first_round()
         while True:
             await self._dirty.wait()
             async with self._lock:
@@ -562,8 +583,8 @@ class Daemon:
         virtuals = []
         for vs in config.active_virtuals:
             rows = []
-            for v, rs in servers(config):
-                if v is not vs:
+            for rs in vs.servers:  # the managed ones, as servers(config) yields them
+                if not rs.active:
                     continue
                 key = (vs.name, rs.name)
                 st, p, h = d.states[key], desired.placements[key], health.get(key)

@@ -39,6 +39,8 @@ from compiler.model import Config, RealServer, VirtualService
 from dataplane.reconcile import SORRY_SERVER, Overrides
 
 Key = tuple[str, str]  # (virtual name, server name)
+# a change log longer than this plus four entries a server is replaced by a new one
+_LOG_MAX = 4096
 
 
 class Health(Enum):
@@ -77,13 +79,50 @@ class ServerState:
     floor: int | None = None
 
 
+class ChangeLog:
+    """The keys whose placement changed, in the order they changed, since the log was
+    opened (a sorry server that goes in or out is ``(virtual, SORRY_SERVER)``).
+
+    A backend that applied the decision at mark ``m`` of a log can apply a later
+    decision of the same log by visiting only ``since(m)``: what it costs is then what
+    changed, not the size of the config. A new log (after a reload, a shutdown, or
+    when this one grew long) means "start from the whole decision again"."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self) -> None:
+        self.keys: list[Key] = []
+
+    def since(self, mark: int, until: int) -> set[Key]:
+        return set(self.keys[mark:until])
+
+
 @dataclass(frozen=True, slots=True)
 class Desired:
-    """The director's whole decision: one placement per active (virtual, server)."""
+    """The director's whole decision: one placement per active (virtual, server).
+
+    ``log``/``mark``: where the decision stands in the director's :class:`ChangeLog`
+    (None: no history, a backend must take it whole)."""
 
     config: Config
     placements: Mapping[Key, Placement]
     sorry: frozenset[str]
+    log: ChangeLog | None = field(default=None, compare=False, repr=False)
+    mark: int = field(default=0, compare=False, repr=False)
+
+    def changed_since(self, before: Desired | None) -> set[Key] | None:
+        """The keys whose placement may differ between ``before`` (a decision taken
+        earlier from the same director) and this one; None when that is not known
+        (another log, another config): then everything may have."""
+        if (
+            before is None
+            or self.log is None
+            or before.log is not self.log
+            or before.config is not self.config
+            or before.mark > self.mark
+        ):
+            return None
+        return self.log.since(before.mark, self.mark)
 
 
 class Verdict(Enum):
@@ -132,6 +171,33 @@ class Director:
         self._index(self.config)
         for vs, rs in servers(self.config):
             self.states.setdefault((vs.name, rs.name), ServerState())
+        self._recompute()
+
+    def _recompute(self) -> None:
+        """Every placement, live count and the sorry set from scratch, in a new
+        :class:`ChangeLog` (start, reload)."""
+        self._placements: dict[Key, Placement] = {k: self.placement(k) for k in self._servers}
+        self._live = dict.fromkeys(self._virtuals, 0)
+        for (virtual, _server), p in self._placements.items():
+            if p.live:
+                self._live[virtual] += 1
+        self._log = ChangeLog()
+
+    def _changed(self, key: Key) -> bool:
+        """Re-derive ``key``'s placement after its state changed; keep the live count
+        per virtual (for the sorry server) and the change log. True if it moved."""
+        new, old = self.placement(key), self._placements[key]
+        if new == old:
+            return False
+        self._placements[key] = new
+        virtual = key[0]
+        self._log.keys.append(key)
+        if new.live != old.live:
+            before = self._live[virtual]
+            self._live[virtual] = after = before + (1 if new.live else -1)
+            if (before == 0 or after == 0) and self._virtuals[virtual].sorry_server is not None:
+                self._log.keys.append((virtual, SORRY_SERVER))
+        return True
 
     def _index(self, config: Config) -> None:
         self._virtuals = {vs.name: vs for vs in config.active_virtuals}
@@ -152,7 +218,7 @@ class Director:
         old = self.states.get(key)
         if old is None or old.crashed or self.shut_down:
             return False
-        before = self.placement(key)
+        before = self._placements[key]
         health = Health.UP if up else Health.DOWN
         if old.health is not health or old.weight != weight or old.reason != reason:
             since = now if old.health is not health else old.since
@@ -167,7 +233,8 @@ class Director:
             self.states[key] = ServerState(
                 health, weight if up else None, reason, since, was_in=was_in, floor=floor
             )
-        return self.placement(key) != before
+            return self._changed(key)
+        return False
 
     def checker_crashed(self, virtual: str, server: str, reason: str, now: float) -> Verdict:
         """A checker task died: piranha's ``hard_shutdown`` decides (spec §4.5)."""
@@ -183,6 +250,7 @@ class Director:
             self.states[key] = replace(
                 st, health=Health.UNKNOWN, crashed=True, reason=f"checker died: {reason}", since=now
             )
+            self._changed(key)  # no move (frozen where it was), but keep it exact
         return Verdict.FROZEN
 
     def reload(self, config: Config) -> None:
@@ -203,6 +271,7 @@ class Director:
         self.adopted = MappingProxyType(
             {k: p for k, p in self.adopted.items() if old_ids.get(k) == self._ids.get(k)}
         )
+        self._recompute()
 
     # ------------------------------------------------------------------ outputs
 
@@ -218,18 +287,23 @@ class Director:
 
     def sorry(self) -> frozenset[str]:
         """Virtuals whose sorry server should be in: no server of theirs is live."""
-        live = {k[0] for k in self._servers if self.placement(k).live}
         return frozenset(
             vs.name
             for vs in self._virtuals.values()
-            if vs.sorry_server is not None and vs.name not in live
+            if vs.sorry_server is not None and not self._live[vs.name]
         )
 
     def desired(self) -> Desired:
+        """The whole decision now (a copy: later events do not change it), with its
+        place in the change log so that a backend can apply only what changed since
+        the decision it applied last."""
         if self.shut_down:
             return Desired(replace(self.config, virtuals=()), MappingProxyType({}), frozenset())
-        placements = {k: self.placement(k) for k in self._servers}
-        return Desired(self.config, MappingProxyType(placements), self.sorry())
+        log = self._log
+        if len(log.keys) > _LOG_MAX + 4 * len(self._placements):
+            log = self._log = ChangeLog()  # backends take the next decision whole
+        placements = MappingProxyType(dict(self._placements))
+        return Desired(self.config, placements, self.sorry(), log, len(log.keys))
 
     def health(self, key: Key) -> Health | None:
         st = self.states.get(key)
@@ -291,24 +365,58 @@ class XdpReal:
     weight: int | None
 
 
-# The last (config, plan, index) xdp_index built: the daemon asks for the same pair on
-# every apply, and at 10,000 servers building it was half of an apply's cost.
-_index_memo: tuple[Config, object, Mapping[Key, int]] | None = None
+class XdpLayout:
+    """Where the director's servers land in one XDP plan (a
+    :class:`~dataplane.plan.Plan` of :func:`with_sorry_servers` of the config): each
+    (virtual, server) -> its real index, and each real index -> the one server whose
+    placement it carries. Built once per (config, plan): the daemon asks on every
+    apply, and at 10,000 servers building it was half of an apply's cost."""
+
+    def __init__(self, config: Config, plan) -> None:
+        self.config, self.plan = config, plan
+        self.index: Mapping[Key, int] = MappingProxyType(_build_xdp_index(config, plan))
+        owner: dict[int, Key] = {}
+        for key, index in self.index.items():
+            owner.setdefault(index, key)  # shared real: the first server counts (as IPVS)
+        self.owner: Mapping[int, Key] = MappingProxyType(owner)
+
+    def state(self, desired: Desired, index: int) -> XdpReal | None:
+        """The state of real ``index`` in ``desired`` (None: no server of the
+        config's is there)."""
+        key = self.owner.get(index)
+        if key is None:
+            return None
+        virtual, server = key
+        if server == SORRY_SERVER:
+            return XdpReal(virtual not in desired.sorry, None)
+        p = desired.placements.get(key, OUT)
+        return XdpReal(not p.present, p.weight if p.present else None)
+
+    def touched(self, keys: Iterable[Key]) -> set[int]:
+        """The real indexes whose state may change when ``keys`` changed."""
+        index = self.index
+        return {index[k] for k in keys if k in index}
+
+
+# The last layout built: a daemon runs one (config, plan) at a time.
+_layout_memo: XdpLayout | None = None
+
+
+def xdp_layout(config: Config, plan) -> XdpLayout:
+    """The :class:`XdpLayout` of (config, plan), memoised for the last pair by
+    identity (both are immutable)."""
+    global _layout_memo
+    memo = _layout_memo
+    if memo is None or memo.config is not config or memo.plan is not plan:
+        memo = _layout_memo = XdpLayout(config, plan)
+    return memo
 
 
 def xdp_index(config: Config, plan) -> Mapping[Key, int]:
-    """(virtual, server) -> real index in ``plan`` (a :class:`~dataplane.plan.Plan` of
-    :func:`with_sorry_servers` of ``config``); sorry servers appear as
-    (virtual, ``SORRY_SERVER``). Servers the plan merged into one real (same address and
-    port in one service) all map to it. Memoised for the last (config, plan) by
-    identity (both are immutable); the mapping is read-only."""
-    global _index_memo
-    memo = _index_memo
-    if memo is not None and memo[0] is config and memo[1] is plan:
-        return memo[2]
-    index = MappingProxyType(_build_xdp_index(config, plan))
-    _index_memo = (config, plan, index)
-    return index
+    """(virtual, server) -> real index in ``plan`` (see :class:`XdpLayout`); sorry
+    servers appear as (virtual, ``SORRY_SERVER``). Servers the plan merged into one
+    real (same address and port in one service) all map to it. Read-only, memoised."""
+    return xdp_layout(config, plan).index
 
 
 def _build_xdp_index(config: Config, plan) -> dict[Key, int]:
@@ -330,16 +438,13 @@ def _build_xdp_index(config: Config, plan) -> dict[Key, int]:
 
 
 def xdp_states(desired: Desired, plan) -> dict[int, XdpReal]:
-    """Real index -> state for ``plan`` (see :func:`xdp_index`). Where several servers
-    share one real, the first one's placement counts, as IPVS keeps the first
+    """Real index -> state for ``plan`` (see :class:`XdpLayout`). Where several
+    servers share one real, the first one's placement counts, as IPVS keeps the first
     destination."""
+    layout = xdp_layout(desired.config, plan)
     out: dict[int, XdpReal] = {}
-    for (virtual, server), index in xdp_index(desired.config, plan).items():
-        if index in out:
-            continue
-        if server == SORRY_SERVER:
-            out[index] = XdpReal(virtual not in desired.sorry, None)
-            continue
-        p = desired.placements.get((virtual, server), OUT)
-        out[index] = XdpReal(not p.present, p.weight if p.present else None)
+    for index in layout.owner:
+        st = layout.state(desired, index)
+        if st is not None:
+            out[index] = st
     return out
