@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import ctypes.util
+import errno
 import os
 from dataclasses import dataclass
 from functools import cache
@@ -51,6 +52,16 @@ def _lib() -> ct.CDLL:
     lib.bpf_map_lookup_elem.restype = ct.c_int
     lib.bpf_map_update_elem.argtypes = [ct.c_int, ct.c_void_p, ct.c_void_p, ct.c_uint64]
     lib.bpf_map_update_elem.restype = ct.c_int
+    lib.bpf_map_lookup_batch.argtypes = [
+        ct.c_int,
+        ct.c_void_p,
+        ct.c_void_p,
+        ct.c_void_p,
+        ct.c_void_p,
+        ct.POINTER(ct.c_uint32),
+        ct.c_void_p,
+    ]
+    lib.bpf_map_lookup_batch.restype = ct.c_int
     return lib
 
 
@@ -139,6 +150,37 @@ def map_items(fd: int, key_size: int, value_size: int) -> list[tuple[bytes, byte
             out.append((key.raw, value.raw))
         prev = ct.create_string_buffer(key.raw, key_size)
     return out
+
+
+def array_values(fd: int, value_size: int, entries: int) -> bytes:
+    """The values of an array map's ``entries`` slots, concatenated, in as few
+    syscalls as the kernel allows (BPF_MAP_LOOKUP_BATCH)."""
+    lib = _lib()
+    step = max(1, min(entries, (8 << 20) // max(value_size, 1)))
+    keys = (ct.c_uint32 * step)()
+    values = ct.create_string_buffer(value_size * step)
+    out = bytearray()
+    token = ct.c_uint32(0)
+    first = True
+    while len(out) < value_size * entries:
+        count = ct.c_uint32(step)
+        rc = lib.bpf_map_lookup_batch(
+            fd,
+            None if first else ct.byref(token),
+            ct.byref(token),
+            keys,
+            values,
+            ct.byref(count),
+            None,
+        )
+        err = ct.get_errno() if rc != 0 else 0
+        out += values.raw[: value_size * count.value]
+        first = False
+        if rc != 0:
+            if err == errno.ENOENT:  # the last batch
+                break
+            raise OSError(err, f"map lookup batch: {os.strerror(err)}")
+    return bytes(out)
 
 
 def map_update(fd: int, key: bytes, value: bytes) -> None:

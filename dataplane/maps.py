@@ -17,7 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .plan import Sizes
+from .bpf.render import CT_WAYS, ct_sets
+from .libbpf import array_values
+from .plan import Sizes, flow_hash
 
 # global_stats slot names, in lb_consts.h order
 GLOBAL_COUNTERS = (
@@ -42,6 +44,8 @@ GLOBAL_COUNTERS = (
     "pass_nat_no_flow",
     "drop_nat_unset",
     "nat_icmp",
+    "ct_busy",
+    "ct_evicted",
 )
 
 
@@ -101,14 +105,28 @@ class FlowState(ct.Structure):
         ("service", ct.c_uint32),
         ("hash", ct.c_uint32),
         ("last_ns", ct.c_uint64),
-        ("mac", ct.c_uint8 * 6),
+        ("mac", ct.c_uint8 * 6),  # nat_rev: the VIP (4 bytes) and port (2), see rev_vip
         ("closing", ct.c_uint8),
-        ("pad", ct.c_uint8),
+        ("used", ct.c_uint8),
     ]
 
+    def rev_vip(self) -> tuple[IPv4Address, int]:
+        """nat_rev: the flow's (VIP, port), kept where conntrack has the MAC."""
+        raw = bytes(self.mac)
+        return IPv4Address(raw[:4]), int.from_bytes(raw[4:6], "big")
 
-class NatBack(ct.Structure):
-    _fields_ = [("vip", ct.c_uint32), ("vport", ct.c_uint16), ("pad", ct.c_uint16)]
+
+class CtSet(ct.Structure):
+    """One set of the connection table (conntrack.h): stamps, keys, values."""
+
+    _fields_ = [
+        ("seq", ct.c_uint64),
+        ("tick", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("stamp", ct.c_uint32 * CT_WAYS),
+        ("key", FlowKey * CT_WAYS),
+        ("val", FlowState * CT_WAYS),
+    ]
 
 
 class NatConfig(ct.Structure):
@@ -147,13 +165,13 @@ LAYOUTS: dict[str, tuple[Any, Any]] = {
     "vips": (VipKey, U32),
     "reals": (U32, Real),
     "rings": (U32, U32),
-    "conntrack": (FlowKey, FlowState),
+    "conntrack": (U32, CtSet),
     "persist": (PersistKey, PersistState),
     "globals": (U32, Globals),
     "service_stats": (U32, Counters),
     "real_stats": (U32, Counters),
     "global_stats": (U32, U64),
-    "nat_rev": (FlowKey, NatBack),
+    "nat_rev": (U32, CtSet),
     "real_ports": (U32, ct.c_uint16),
     "tx_ports": (U32, U32),
     "nat_config": (U32, NatConfig),
@@ -163,35 +181,26 @@ LAYOUTS: dict[str, tuple[Any, Any]] = {
 # what the kernel reports for each map of the program (bpf_map_info), to tell whether
 # a pinned map from an earlier program can be adopted as it is
 HASH, ARRAY, PERCPU_ARRAY, LRU_HASH, DEVMAP = 1, 2, 6, 9, 14
-F_NO_COMMON_LRU = 1 << 1
+# connection tables (arrays of CtSet): a resized one is refilled by carry_over()
+CT_TABLES = ("conntrack", "nat_rev")
 KINDS = {
     "services": (HASH, 0),
     "service_info": (ARRAY, 0),
     "vips": (HASH, 0),
     "reals": (ARRAY, 0),
     "rings": (ARRAY, 0),
-    "conntrack": (LRU_HASH, F_NO_COMMON_LRU),
+    "conntrack": (ARRAY, 0),
     "persist": (LRU_HASH, 0),
     "globals": (ARRAY, 0),
     "service_stats": (PERCPU_ARRAY, 0),
     "real_stats": (PERCPU_ARRAY, 0),
     "global_stats": (PERCPU_ARRAY, 0),
-    "nat_rev": (LRU_HASH, 0),
+    "nat_rev": (ARRAY, 0),
     "real_ports": (ARRAY, 0),
     "tx_ports": (DEVMAP, 0),
     "nat_config": (ARRAY, 0),
 }
 GLOBAL_SLOTS = 24  # GLOBAL_COUNTERS in lb_consts.h
-
-
-def possible_cpus() -> int:
-    """The kernel's num_possible_cpus() (per-CPU LRU maps round their size to it)."""
-    n = 0
-    with open("/sys/devices/system/cpu/possible") as f:
-        for part in f.read().strip().split(","):
-            lo, _, hi = part.partition("-")
-            n += int(hi or lo) - int(lo) + 1
-    return n
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,13 +221,13 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "vips": sizes.max_services,
         "reals": sizes.max_reals,
         "rings": sizes.max_services * sizes.ring_size,
-        "conntrack": -(-sizes.ct_size // possible_cpus()) * possible_cpus(),
+        "conntrack": ct_sets(sizes),
         "persist": sizes.persist_size,
         "globals": 1,
         "service_stats": sizes.max_services,
         "real_stats": sizes.max_reals,
         "global_stats": GLOBAL_SLOTS,
-        "nat_rev": sizes.ct_size,
+        "nat_rev": ct_sets(sizes),
         "real_ports": sizes.max_reals,
         "tx_ports": 2,
         "nat_config": 1,
@@ -261,6 +270,45 @@ def _flow_tuple(raw: object) -> tuple[IPv4Address, int, IPv4Address, int, int]:
         socket.ntohs(key.dport),
         key.proto,
     )
+
+
+def ct_entries(raw: bytes) -> list[tuple[int, FlowKey, FlowState]]:
+    """The entries of a connection table read whole (``raw``: its sets, as
+    :func:`~dataplane.libbpf.array_values` returns them), as (age in its set, key,
+    value): age 0 is the most recently used of its set. Sets a program was writing
+    during the read (odd seq) are left out."""
+    sets = (CtSet * (len(raw) // ct.sizeof(CtSet))).from_buffer_copy(raw)
+    out = []
+    for cs in sets:
+        if cs.seq & 1:
+            continue
+        for stamp, key, val in zip(cs.stamp, cs.key, cs.val, strict=True):
+            if stamp and val.used:
+                out.append(((cs.tick - stamp) & 0xFFFFFFFF, key, val))
+    return out
+
+
+def fill_ct_sets(n_sets: int, entries: list[tuple[int, FlowKey, FlowState]]) -> tuple[bytes, int]:
+    """A connection table of ``n_sets`` sets holding ``entries`` (age, key, value),
+    each in the set of its key's flow hash; a set offered more than CT_WAYS keeps its
+    youngest. Returns the sets' bytes and how many entries they hold."""
+    by_set: dict[int, list[tuple[int, FlowKey, FlowState]]] = {}
+    for age, key, val in entries:
+        k = _flow_tuple(key)
+        h = flow_hash(k[0], k[2], k[1], k[3], k[4])
+        by_set.setdefault(h & (n_sets - 1), []).append((age, key, val))
+    sets = (CtSet * n_sets)()
+    kept = 0
+    for index, offered in by_set.items():
+        youngest = sorted(offered, key=lambda e: e[0])[:CT_WAYS]
+        cs = sets[index]
+        cs.tick = len(youngest)
+        for way, (_age, key, val) in enumerate(reversed(youngest)):  # oldest first
+            cs.key[way] = FlowKey.from_buffer_copy(bytes(key))
+            cs.val[way] = FlowState.from_buffer_copy(bytes(val))
+            cs.stamp[way] = way + 1
+            kept += 1
+    return bytes(sets), kept
 
 
 class LbMaps:
@@ -448,26 +496,55 @@ class LbMaps:
         value.clock_offset_ns += int(seconds * 1e9)
         t[t.Key(0)] = _cast(value, t.Leaf)
 
+    def _ct_entries(self, name: str) -> list[tuple[int, FlowKey, FlowState]]:
+        t = self._t[name]
+        return ct_entries(array_values(t.map_fd, ct.sizeof(CtSet), ct_sets(self.sizes)))
+
     def nat_flows(self) -> dict[tuple, tuple[IPv4Address, int]]:
         """Reply 5-tuples (RIP, rport, client, cport, proto) -> (VIP, vport)."""
-        out = {}
-        for k, v in self._t["nat_rev"].items():
-            val = NatBack.from_buffer_copy(bytes(v))
-            out[_flow_tuple(k)] = (IPv4Address(socket.ntohl(val.vip)), socket.ntohs(val.vport))
-        return out
+        return {_flow_tuple(k): v.rev_vip() for _age, k, v in self._ct_entries("nat_rev")}
 
     # state
     def flows(self) -> dict[tuple, tuple[int, IPv4Address]]:
-        out = {}
-        for k, v in self._t["conntrack"].items():
-            val = FlowState.from_buffer_copy(bytes(v))
-            out[_flow_tuple(k)] = (val.real, IPv4Address(socket.ntohl(val.addr)))
-        return out
+        """Tracked flows (client, cport, VIP, vport, proto) -> (real index, its address)."""
+        return {
+            _flow_tuple(k): (v.real, IPv4Address(socket.ntohl(v.addr)))
+            for _age, k, v in self._ct_entries("conntrack")
+        }
+
+    def carry_over(self, name: str, old_fd: int, old_sets: int) -> int:
+        """Copy the entries of a connection table of another size (``old_fd``, a
+        replaced pin with ``old_sets`` sets) into this program's, before it runs:
+        each entry goes to its set in the new geometry, the youngest CT_WAYS of a set
+        when more land there. Read twice while an old program may still write: only
+        sets read the same both times are copied. Returns the entries copied."""
+        size = ct.sizeof(CtSet)
+        first = array_values(old_fd, size, old_sets)
+        second = array_values(old_fd, size, old_sets)
+        stable = b"".join(
+            first[i : i + size]
+            for i in range(0, len(first), size)
+            if first[i : i + size] == second[i : i + size]
+        )
+        raw, kept = fill_ct_sets(ct_sets(self.sizes), ct_entries(stable))
+        self._write_sets(name, raw)
+        return kept
+
+    def _write_sets(self, name: str, raw: bytes) -> None:
+        t = self._t[name]
+        n = len(raw) // ct.sizeof(CtSet)
+        step = 4096
+        for i in range(0, n, step):
+            m = min(step, n - i)
+            keys = (t.Key * m)(*range(i, i + m))
+            chunk = raw[i * ct.sizeof(CtSet) : (i + m) * ct.sizeof(CtSet)]
+            t.items_update_batch(keys, (t.Leaf * m).from_buffer_copy(chunk))
 
     def clear_flows(self) -> None:
-        self._t["conntrack"].clear()
+        zero = bytes(ct.sizeof(CtSet) * ct_sets(self.sizes))
+        for name in CT_TABLES:
+            self._write_sets(name, zero)
         self._t["persist"].clear()
-        self._t["nat_rev"].clear()
 
     def age_persistence(self, seconds: float) -> None:
         """Make every persistence template ``seconds`` older (tests, operators)."""

@@ -12,7 +12,13 @@
 #define RING_SIZE 65537        /* Maglev table size per service: a prime */
 #endif
 #ifndef CT_SIZE
-#define CT_SIZE 262139         /* connection-tracking LRU entries (not a power of two) */
+#define CT_SIZE 262139         /* tracked flows wanted (lvs.cf / Sizes.ct_size) */
+#endif
+#ifndef CT_WAYS
+#define CT_WAYS 8              /* entries per set of the connection table */
+#endif
+#ifndef CT_SETS
+#define CT_SETS 32768          /* sets: a power of two >= CT_SIZE / CT_WAYS (render.py) */
 #endif
 #ifndef PERSIST_SIZE
 #define PERSIST_SIZE 65521     /* persistence templates */
@@ -62,6 +68,8 @@
 #define G_PASS_NAT_NO_FLOW  18 /* private side: not a reply of a tracked NAT flow */
 #define G_DROP_NAT_UNSET    19 /* NAT service, but configure_nat() never ran (no devmap, MACs) */
 #define G_NAT_ICMP          20 /* NAT: ICMP error about a NAT flow translated and redirected */
+#define G_CT_BUSY           21 /* connection-table set held by another CPU's insert too long */
+#define G_CT_EVICTED        22 /* a new entry replaced the least recently used one of a full set */
 #define GLOBAL_COUNTERS     24
 
 /* tx_ports slots (NAT) */

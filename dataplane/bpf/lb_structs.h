@@ -43,23 +43,37 @@ struct flow_key {
     __u8 pad[3];
 };
 
-struct flow_state {
+struct flow_state {           /* one way of a conntrack or nat_rev set: 32 bytes */
     __u32 real;               /* index in reals */
     __be32 addr;              /* that real's address when chosen: stale if it changed */
     __u32 service;            /* index in service_info: stale if it holds another key */
-    __u32 hash;               /* flow_hash() of the 5-tuple (tunnel outer source), or 0 */
+    __u32 hash;               /* flow_hash() of the conntrack key (nat_rev: of the flow's
+                                 conntrack key, i.e. its set; tunnel: outer source) */
     __u64 last_ns;            /* NAT: nat_now() of the flow's last packet, either way */
-    __u8 mac[6];              /* NAT: the client side's next hop (the inbound source MAC) */
+    union {
+        __u8 mac[6];          /* conntrack, NAT: the client side's next hop (the inbound
+                                 source MAC) */
+        struct {              /* nat_rev: the flow's VIP and port (the reply's source) */
+            __be32 vip;
+            __be16 vport;
+        } __attribute__((packed));
+    };
     __u8 closing;             /* NAT: FIN or RST seen, tcpfin_timeout applies */
-    __u8 pad;
+    __u8 used;                /* 1: the way holds an entry */
 };
 
-struct nat_back {             /* nat_rev value, keyed by the reply's flow_key
-                                 (RIP, client, rport, cport, proto): the conntrack key
-                                 of the flow is (client, vip, cport, vport, proto) */
-    __be32 vip;
-    __be16 vport;
-    __u16 pad;
+/* A set of the connection table (conntrack, nat_rev: arrays of CT_SETS sets; a key's
+ * set is flow_hash(key) & (CT_SETS - 1)). seq is a sequence lock for writers on any
+ * CPU: odd while one CPU inserts; a reader that sees it change (or odd) ignores what
+ * it read. What an insert scans (stamps, keys) comes first, in 3 cache lines; a hit
+ * reads the keys and one 32-byte value. */
+struct ct_set {
+    __u64 seq;
+    __u32 tick;               /* +1 for every packet that touches the set (never 0) */
+    __u32 pad;
+    __u32 stamp[CT_WAYS];     /* the tick at the way's last packet: LRU order; 0: free */
+    struct flow_key key[CT_WAYS];
+    struct flow_state val[CT_WAYS];
 };
 
 struct nat_config {           /* nat_config[0], written by the loader */

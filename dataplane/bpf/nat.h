@@ -100,19 +100,19 @@ LB_INLINE int nat_rewrite(void *data, void *data_end, bool is_src, __be32 addr, 
     return FURTHER_PROCESSING;
 }
 
-/* inbound: st is the flow's conntrack entry (0 for a RST that starts nothing); cfg
- * and now as the tracked path already looked them up, or 0 (then looked up here) */
+/* the real server's port for NAT port mapping: real_ports[id], or the VIP's port */
+LB_INLINE __be16 nat_real_port(__u32 id, __be16 vport)
+{
+    __be16 *mapped = real_ports.lookup(&id);
+    return mapped && *mapped ? *mapped : vport;
+}
+
+/* inbound: st is the flow's way in its conntrack set, refreshed here (0: a new flow,
+ * whose entries nat_new_flow wrote, or a RST that starts nothing) */
 LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
-                          const struct packet *p, struct flow_state *st, bool new_flow,
+                          const struct packet *p, struct flow_state *st,
                           const struct nat_config *cfg, __u64 now)
 {
-    if (!cfg) {
-        __u32 zero = 0;
-        cfg = nat_config.lookup(&zero);
-        if (!cfg)
-            return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
-        now = nat_now(cfg);
-    }
     if (!cfg->tcp_ns) /* the loader never configured NAT: nowhere to send it */
         return verdict(G_DROP_NAT_UNSET, XDP_DROP);
     void *data = (void *)(long)ctx->data;
@@ -120,24 +120,9 @@ LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > data_end)
         return XDP_DROP;
-    __be16 rport = p->flow.dport;
-    __be16 *mapped = real_ports.lookup(&id);
-    if (mapped && *mapped)
-        rport = *mapped;
-    if (st) {
-        if (new_flow) {
-            __builtin_memcpy(st->mac, eth->h_source, ETH_ALEN);
-            st->closing = 0;
-            struct flow_key back = {.saddr = r->addr,
-                                    .daddr = p->flow.saddr,
-                                    .sport = rport,
-                                    .dport = p->flow.sport,
-                                    .proto = p->flow.proto};
-            struct nat_back b = {.vip = p->flow.daddr, .vport = p->flow.dport};
-            nat_rev.update(&back, &b);
-        }
+    __be16 rport = nat_real_port(id, p->flow.dport);
+    if (st)
         nat_touch(st, p, now);
-    }
     __builtin_memcpy(eth->h_dest, r->mac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, cfg->priv_mac, ETH_ALEN);
     int v = nat_rewrite(data, data_end, false, r->addr, rport);
@@ -145,6 +130,78 @@ LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
         return v;
     count(G_NAT_IN);
     return tx_ports.redirect_map(NAT_TX_PRIVATE, XDP_DROP);
+}
+
+/* A new NAT flow of svc on real id: its reverse entry in nat_rev (keyed by the reply's
+ * 5-tuple, carrying the VIP side) and its conntrack entry (the client side's MAC, the
+ * clock), both written before the packet goes; a RST starts nothing. When another CPU
+ * holds either set too long the packet is dropped (the client sends it again) rather
+ * than forwarded without the state its reply needs. */
+LB_INLINE int nat_new_flow(struct xdp_md *ctx, struct ct_set *set, const struct service *svc,
+                           __u32 id, const struct real *r, const struct packet *p, __u32 fh)
+{
+    __u32 zero = 0;
+    struct nat_config *cfg = nat_config.lookup(&zero);
+    if (!cfg)
+        return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
+    if (!cfg->tcp_ns)
+        return verdict(G_DROP_NAT_UNSET, XDP_DROP);
+    __u64 now = nat_now(cfg);
+    if (!is_rst(p)) {
+        void *data = (void *)(long)ctx->data;
+        void *data_end = (void *)(long)ctx->data_end;
+        struct ethhdr *eth = data;
+        if ((void *)(eth + 1) > data_end)
+            return XDP_DROP;
+        struct flow_key back = {.saddr = r->addr,
+                                .daddr = p->flow.saddr,
+                                .sport = nat_real_port(id, p->flow.dport),
+                                .dport = p->flow.sport,
+                                .proto = p->flow.proto};
+        struct flow_state e = {
+            .real = id, .addr = r->addr, .service = svc->index, .hash = fh, .last_ns = now};
+        e.vip = p->flow.daddr;
+        e.vport = p->flow.dport;
+        __u32 ri = flow_hash(&back) & (CT_SETS - 1);
+        struct ct_set *rset = nat_rev.lookup(&ri);
+        if (!rset || ct_insert(rset, &back, &e) == CT_MISS)
+            return XDP_DROP;
+        __builtin_memcpy(e.mac, eth->h_source, ETH_ALEN);
+        if (ct_insert(set, &p->flow, &e) == CT_MISS)
+            return XDP_DROP;
+    }
+    return forward_nat(ctx, id, r, p, 0, cfg, now);
+}
+
+/* The live conntrack entry of a NAT reply (or an ICMP error quoting a request):
+ * `back` is the reply's 5-tuple (RIP, client, rport, cport); finds its nat_rev entry,
+ * then the flow's conntrack entry, which must still be on that RIP
+ * (the caller checks timeouts). Fills *rev and *st, and the sets and ways for
+ * refreshing; false if any of that fails. */
+LB_INLINE bool nat_flow_of_reply(const struct flow_key *back, struct flow_state *rev,
+                                 struct flow_state *st, struct ct_set **set, int *way,
+                                 struct ct_set **rset, int *rway)
+{
+    __u32 ri = flow_hash(back) & (CT_SETS - 1);
+    *rset = nat_rev.lookup(&ri);
+    if (!*rset)
+        return false;
+    *rway = ct_find(*rset, back, rev);
+    if (*rway == CT_MISS)
+        return false;
+    struct flow_key fk = {.saddr = back->daddr,
+                          .daddr = rev->vip,
+                          .sport = back->dport,
+                          .dport = rev->vport,
+                          .proto = back->proto};
+    __u32 si = rev->hash & (CT_SETS - 1);
+    *set = conntrack.lookup(&si);
+    if (!*set)
+        return false;
+    *way = ct_find(*set, &fk, st);
+    if (*way == CT_MISS || st->addr != back->saddr) /* rescheduled or evicted */
+        return false;
+    return true;
 }
 
 /* Rewrite the quoted packet of an ICMP error: its source (is_src) or destination
@@ -209,23 +266,26 @@ LB_INLINE int nat_icmp(struct xdp_md *ctx, bool inbound)
                               .proto = in->protocol};
         if (iph->daddr != in->saddr)
             return verdict(G_PASS_NOT_VIP, XDP_PASS);
-        struct flow_state *st = conntrack.lookup(&fk);
-        if (!st || nat_expired(st, fk.proto, cfg, now))
+        struct flow_state stc;
+        __u32 si = flow_hash(&fk) & (CT_SETS - 1);
+        struct ct_set *set = conntrack.lookup(&si);
+        if (!set || ct_find(set, &fk, &stc) == CT_MISS || nat_expired(&stc, fk.proto, cfg, now))
             return verdict(G_PASS_NOT_VIP, XDP_PASS);
+        struct flow_state *st = &stc;
         __u32 id = st->real;
         struct real *r = reals.lookup(&id);
         if (!real_usable(r, st->addr))
             return verdict(G_PASS_NOT_VIP, XDP_PASS);
-        __be16 rport = fk.dport;
-        __be16 *mapped = real_ports.lookup(&id);
-        if (mapped && *mapped)
-            rport = *mapped;
+        __be16 rport = nat_real_port(id, fk.dport);
         struct flow_key back = {.saddr = st->addr,
                                 .daddr = fk.saddr,
                                 .sport = rport,
                                 .dport = fk.sport,
                                 .proto = fk.proto};
-        if (!nat_rev.lookup(&back)) /* not a NAT flow */
+        struct flow_state rev;
+        __u32 ri = flow_hash(&back) & (CT_SETS - 1);
+        struct ct_set *rset = nat_rev.lookup(&ri);
+        if (!rset || ct_find(rset, &back, &rev) == CT_MISS) /* not a NAT flow */
             return verdict(G_PASS_NOT_VIP, XDP_PASS);
         icmp_quote_rewrite(ic, in, &ports[0], true, st->addr, rport);
         iph->check = csum_replace4(iph->check, iph->daddr, st->addr);
@@ -243,19 +303,15 @@ LB_INLINE int nat_icmp(struct xdp_md *ctx, bool inbound)
                             .proto = in->protocol};
     if (iph->daddr != in->saddr)
         return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
-    struct nat_back *b = nat_rev.lookup(&back);
-    if (!b)
+    struct flow_state rev, stc;
+    struct ct_set *set, *rset;
+    int way, rway;
+    if (!nat_flow_of_reply(&back, &rev, &stc, &set, &way, &rset, &rway) ||
+        nat_expired(&stc, back.proto, cfg, now))
         return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
-    struct flow_key fk = {.saddr = back.daddr,
-                          .daddr = b->vip,
-                          .sport = back.dport,
-                          .dport = b->vport,
-                          .proto = back.proto};
-    __be32 vip = b->vip;
-    __be16 vport = b->vport;
-    struct flow_state *st = conntrack.lookup(&fk);
-    if (!st || st->addr != back.saddr || nat_expired(st, fk.proto, cfg, now))
-        return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
+    struct flow_state *st = &stc;
+    __be32 vip = rev.vip;
+    __be16 vport = rev.vport;
     icmp_quote_rewrite(ic, in, &ports[1], false, vip, vport);
     if (iph->saddr == back.saddr) {
         iph->check = csum_replace4(iph->check, iph->saddr, vip);
@@ -280,36 +336,33 @@ int lb_nat_return(struct xdp_md *ctx)
         return nat_icmp(ctx, false);
     if (v != FURTHER_PROCESSING)
         return v;
-    struct nat_back *b = nat_rev.lookup(&p.flow);
-    if (!b)
-        return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
-    struct flow_key fk = {.saddr = p.flow.daddr,
-                          .daddr = b->vip,
-                          .sport = p.flow.dport,
-                          .dport = b->vport,
-                          .proto = p.flow.proto};
-    __be32 vip = b->vip;
-    __be16 vport = b->vport;
-    struct flow_state *st = conntrack.lookup(&fk);
-    if (!st || st->addr != p.flow.saddr)
-        return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS); /* rescheduled or evicted */
     __u32 zero = 0;
     struct nat_config *cfg = nat_config.lookup(&zero);
     if (!cfg || !cfg->tcp_ns)
         return XDP_PASS;
     __u64 now = nat_now(cfg);
-    if (nat_expired(st, p.flow.proto, cfg, now))
+    struct flow_state rev, st;
+    struct ct_set *set, *rset;
+    int way, rway;
+    if (!nat_flow_of_reply(&p.flow, &rev, &st, &set, &way, &rset, &rway))
+        return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
+    if (nat_expired(&st, p.flow.proto, cfg, now))
         return verdict(G_NAT_EXPIRED, XDP_PASS);
-    nat_touch(st, &p, now);
+    way &= CT_WAYS - 1;
+    nat_touch(&set->val[way], &p, now);
+    ct_touch(set, way);
+    ct_touch(rset, rway);
+    __be32 vip = rev.vip;
+    __be16 vport = rev.vport;
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > data_end)
         return XDP_PASS;
-    __builtin_memcpy(eth->h_dest, st->mac, ETH_ALEN);
+    __builtin_memcpy(eth->h_dest, st.mac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, cfg->pub_mac, ETH_ALEN);
     v = nat_rewrite(data, data_end, true, vip, vport);
     if (v != FURTHER_PROCESSING)
         return v;
-    account(st->service, st->real, &p, false);
+    account(st.service, st.real, &p, false);
     count(G_NAT_OUT);
     return tx_ports.redirect_map(NAT_TX_PUBLIC, XDP_DROP);
 }

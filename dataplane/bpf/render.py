@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jinja2
 
-from ..plan import Plan
+from ..plan import Plan, Sizes
 
 HERE = Path(__file__).resolve().parent
 HEADERS = (
@@ -16,10 +16,26 @@ HEADERS = (
     "lb_maps.h",
     "parsing.h",
     "scheduling.h",
+    "conntrack.h",
     "encap.h",
     "nat.h",
 )
 PIN_DIR = "/sys/fs/bpf/lvs-router"
+CT_WAYS = 8  # flows per set of the connection table (conntrack.h)
+
+
+def ct_sets(sizes: Sizes) -> int:
+    """Sets of the connection table (conntrack, nat_rev): the smallest power of two
+    that gives at least ``sizes.ct_size`` flows at CT_WAYS per set (a flow's set is
+    its hash's low bits)."""
+    need = max(1, -(-sizes.ct_size // CT_WAYS))
+    return 1 << (need - 1).bit_length()
+
+
+def defines(sizes: Sizes) -> list[tuple[str, int]]:
+    """Every size the program is compiled with: the plan's, and the table geometry
+    derived from them (maps.shapes uses the same functions)."""
+    return [*sizes.defines(), ("CT_WAYS", CT_WAYS), ("CT_SETS", ct_sets(sizes))]
 
 
 @cache
@@ -50,7 +66,7 @@ def render(
     """The program for ``plan``: its sizes and features (or ``features``, to build one
     program that serves several plans), maps pinned under ``pin_dir`` if given."""
     return _template().render(
-        sizes=plan.sizes.defines(),
+        sizes=defines(plan.sizes),
         features=sorted(plan.features if features is None else features),
         pin_dir=pin_dir,
         source=source,

@@ -5,9 +5,9 @@
  *   3. otherwise the service's Maglev table, indexed by a hash of the 5-tuple
  *      (rr/wrr and the approximated schedulers), of the source address (sh, and
  *      persistent services) or of the destination address (dh).
- * A tracked flow costs one hash lookup (conntrack) and two array lookups
- * (service_info, reals); a new one a service lookup, a table slot and a conntrack
- * insert. Tables and flags come from userspace; BPF only looks things up. */
+ * A tracked flow costs array lookups only (its conntrack set, service_info, reals);
+ * a new one a service lookup (hash), a table slot and a conntrack insert
+ * (conntrack.h). Tables and flags come from userspace; BPF only looks things up. */
 
 LB_INLINE __u32 rotl32(__u32 x, int r)
 {
@@ -60,13 +60,6 @@ LB_INLINE __u32 table_lookup(const struct service *svc, const struct packet *p, 
     return id ? *id : 0;
 }
 
-LB_INLINE bool hashes_flow(const struct service *svc)
-{
-    return !(feature_sh() && (svc->flags & SVC_F_HASH_SRC)) &&
-           !(feature_dh() && (svc->flags & SVC_F_HASH_DST)) &&
-           !(feature_persist() && (svc->flags & SVC_F_PERSIST));
-}
-
 LB_INLINE __u32 schedule_hash(const struct service *svc, const struct packet *p, __u32 fh)
 {
     if (feature_sh() && (svc->flags & SVC_F_HASH_SRC))
@@ -96,15 +89,12 @@ LB_INLINE bool service_matches(const struct service_key *k, const struct packet 
            (k->port == p->flow.dport || k->port == 0);
 }
 
-/* A new flow (or a rescheduled one) of svc: persistence template or Maglev table,
- * then a conntrack entry, which keeps the flow hash for the tunnel's outer source.
- * Fills id, r and fh; returns FURTHER_PROCESSING or a verdict. */
+/* A new flow (or a rescheduled one) of svc: persistence template or Maglev table
+ * (fh: the flow's flow_hash()). Fills id and r; returns FURTHER_PROCESSING or a
+ * verdict. The caller inserts the conntrack entry. */
 LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 *id,
-                       struct real **r, __u32 *fh)
+                       struct real **r, __u32 fh)
 {
-    *fh = (hashes_flow(svc) || (feature_tunnel() && (svc->flags & SVC_F_TUNNEL)))
-              ? flow_hash(&p->flow)
-              : 0;
     __u32 chosen = 0;
     struct real *cr = 0;
     if (feature_persist() && (svc->flags & SVC_F_PERSIST)) {
@@ -129,17 +119,11 @@ LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 
             persist.update(&pk, &fresh);
         }
     } else {
-        chosen = table_lookup(svc, p, schedule_hash(svc, p, *fh));
+        chosen = table_lookup(svc, p, schedule_hash(svc, p, fh));
         cr = chosen ? reals.lookup(&chosen) : 0;
     }
     if (!cr || !cr->addr || (cr->flags & REAL_F_FAILED))
         return verdict(G_DROP_NO_REAL, XDP_DROP);
-
-    if (!is_rst(p)) {
-        struct flow_state fresh = {
-            .real = chosen, .addr = cr->addr, .service = svc->index, .hash = *fh};
-        conntrack.update((struct flow_key *)&p->flow, &fresh);
-    }
     *id = chosen;
     *r = cr;
     return FURTHER_PROCESSING;

@@ -1,0 +1,133 @@
+/* conntrack.h: the connection table, a set-associative cache of flows in a BPF array.
+ *
+ * conntrack (and nat_rev, NAT's reply keys) is an array of CT_SETS sets of CT_WAYS
+ * ways (struct ct_set); a flow's set is flow_hash(key) & (CT_SETS - 1), one array
+ * lookup that the verifier inlines, then up to CT_WAYS key compares. A new flow takes
+ * a free way of its set, else the least recently used one (by `stamp`, the set's
+ * tick at the entry's last packet): LRU replacement within each set, as in a CPU
+ * cache. The kernel's hash maps cost a spinlocked, non-inlined call per insert (an
+ * LRU insert alone is ~280 ns here) and a non-inlined call per lookup.
+ *
+ * One table for all CPUs. Concurrency, so that no packet ever takes another flow's
+ * real server:
+ *   - writers (inserts, from any CPU) take the set's sequence lock: seq even -> odd
+ *     with a compare-and-swap, write key and value, then seq + 1 (atomic: a full
+ *     barrier). A writer that cannot take it after CT_WRITE_TRIES counts G_CT_BUSY and
+ *     inserts nothing (the flow is scheduled again by its next packet);
+ *   - readers take no lock: seq before the key compare, a copy of the value, seq
+ *     again; a changed or odd seq means a write overlapped: read again, at most
+ *     CT_READ_TRIES times, then a miss. A torn read is thus never a hit. (Load order
+ *     as on x86-64, TSO; a weakly ordered CPU would need load-acquire of seq.)
+ *   - the per-packet writes of a hit (LRU stamp, tick, NAT last-seen and closing)
+ *     are plain stores outside the lock: racing with an insert into the same way they
+ *     can only make the new entry look more recent or, for NAT, start closing; never
+ *     change which real server a key maps to.
+ * The end of an entry is visible here (eviction, G_CT_EVICTED), for the schedulers
+ * that count active connections. */
+
+#define CT_BARRIER() asm volatile("" ::: "memory")
+#define CT_MISS -1
+#define CT_READ_TRIES 3
+#define CT_WRITE_TRIES 4
+
+LB_INLINE bool ct_key_eq(const struct flow_key *a, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
+{
+    const __u32 *w = (const __u32 *)a;
+    return w[0] == k0 && w[1] == k1 && w[2] == k2 && w[3] == k3;
+}
+
+/* The way of set b holding key k (its value copied to *out), or CT_MISS. */
+LB_INLINE int ct_find(struct ct_set *b, const struct flow_key *k, struct flow_state *out)
+{
+    const __u32 *kw = (const __u32 *)k;
+    __u32 k0 = kw[0], k1 = kw[1], k2 = kw[2], k3 = kw[3];
+    for (int attempt = 0; attempt < CT_READ_TRIES; attempt++) {
+        __u64 s1 = *(volatile __u64 *)&b->seq;
+        CT_BARRIER();
+        int way = CT_MISS;
+#pragma unroll
+        for (int i = 0; i < CT_WAYS; i++) {
+            if (ct_key_eq(&b->key[i], k0, k1, k2, k3)) {
+                way = i;
+                break;
+            }
+        }
+        if (way == CT_MISS)
+            return CT_MISS; /* a miss needs no check: it only schedules the flow again */
+        way &= CT_WAYS - 1;
+        __builtin_memcpy(out, &b->val[way], sizeof(*out));
+        CT_BARRIER();
+        __u64 s2 = *(volatile __u64 *)&b->seq;
+        if (s1 == s2 && !(s1 & 1) && out->used)
+            return way;
+    }
+    return CT_MISS;
+}
+
+/* the set's next tick: never 0, which marks a free way */
+LB_INLINE __u32 ct_tick(const struct ct_set *b)
+{
+    __u32 t = b->tick + 1;
+    return t ? t : 1;
+}
+
+/* a packet of the entry at `way`: most recently used in its set */
+LB_INLINE void ct_touch(struct ct_set *b, int way)
+{
+    __u32 t = ct_tick(b);
+    b->tick = t;
+    b->stamp[way & (CT_WAYS - 1)] = t;
+}
+
+/* Insert (or replace) key k with value v in set b: the way already holding k, else a
+ * free way, else the least recently used. Returns the way, or CT_MISS when other
+ * CPUs held the set throughout (G_CT_BUSY). */
+LB_INLINE int ct_insert(struct ct_set *b, const struct flow_key *k, const struct flow_state *v)
+{
+    bool locked = false;
+    __u64 s = 0;
+    for (int attempt = 0; attempt < CT_WRITE_TRIES; attempt++) {
+        s = *(volatile __u64 *)&b->seq;
+        if (!(s & 1) && __sync_val_compare_and_swap(&b->seq, s, s + 1) == s) {
+            locked = true;
+            break;
+        }
+    }
+    if (!locked)
+        return verdict(G_CT_BUSY, CT_MISS);
+    CT_BARRIER();
+    const __u32 *kw = (const __u32 *)k;
+    __u32 k0 = kw[0], k1 = kw[1], k2 = kw[2], k3 = kw[3];
+    __u32 tick = ct_tick(b);
+    int same = CT_MISS, free = CT_MISS, oldest = 0;
+    __u32 oldest_age = 0;
+#pragma unroll
+    for (int i = 0; i < CT_WAYS; i++) {
+        __u32 stamp = b->stamp[i];
+        if (!stamp) {
+            if (free == CT_MISS)
+                free = i;
+        } else if (ct_key_eq(&b->key[i], k0, k1, k2, k3)) {
+            same = i;
+        } else if (tick - stamp > oldest_age) {
+            oldest_age = tick - stamp;
+            oldest = i;
+        }
+    }
+    int way = same != CT_MISS ? same : free != CT_MISS ? free : oldest;
+    if (same == CT_MISS && free == CT_MISS)
+        count(G_CT_EVICTED);
+    way &= CT_WAYS - 1;
+    __builtin_memcpy(&b->val[way], v, sizeof(*v));
+    __u32 *kd = (__u32 *)&b->key[way];
+    kd[0] = k0;
+    kd[1] = k1;
+    kd[2] = k2;
+    kd[3] = k3;
+    b->val[way].used = 1;
+    b->stamp[way] = tick;
+    b->tick = tick;
+    CT_BARRIER();
+    __sync_fetch_and_add(&b->seq, 1);
+    return way;
+}
