@@ -66,13 +66,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
-from compiler.model import Config, Dialect
+from compiler.model import Config, Dialect, Network
 
 from .daemon import (
     EXIT_ERRORS,
@@ -173,6 +174,25 @@ def _vip_span(config: Config, addr: object) -> str | None:
     return None
 
 
+def serves_without_vips(
+    config: Config | None, dataplane: str, standby: str, director_running: bool
+) -> bool:
+    """Whether the first ARPs of a takeover may go out before the VIPs are on the
+    device (pulse's ``announce_early``): only where the dataplane answers the VIPs'
+    traffic without them. The XDP program runs before the stack and forwards to the
+    real servers by itself in direct routing and tunnel mode, and a hot standby's
+    running director already keeps its tables: yes. IPVS (its hook is LOCAL_IN: the
+    stack must own the VIP), NAT (``nat_router`` must be up for the replies), a cold
+    standby or a director stopped by a hard_shutdown (it must start and check
+    first): no — there the VIPs go up, ``on_activate`` runs, then the ARPs."""
+    if config is None or dataplane != "xdp" or standby != "hot" or not director_running:
+        return False
+    nat = config.network is Network.NAT or any(
+        config.forwarding(vs) is Network.NAT for vs in config.active_virtuals
+    )
+    return not nat
+
+
 class Router(Daemon):
     """The daemon plus pulse; without a heartbeat config exactly the daemon."""
 
@@ -212,6 +232,7 @@ class Router(Daemon):
             garp_count=p.garp_count,
             garp_interval=p.garp_interval,
             arp_announce=announce,
+            announce_early=self._serves_without_vips,
         )
         await super().start()  # control socket, dataplane, (hot) director, metrics
         if p.standby == "cold" and hasattr(self.backend, "neighbours"):
@@ -226,6 +247,15 @@ class Router(Daemon):
             raise ConfigError(f"error: pulse: {err or 'did not start'}")
         st = self.pulse.status()
         _log(logging.INFO, "pulse ready", role=st.role, standby=p.standby, state=st.state)
+        # what start-up built (grammar, compiled config, bcc, pyroute2) lives as long as
+        # the process: out of the collector's sight, a full collection no longer walks
+        # it, so no collection pause lands between the dead timer and the ARP
+        gc.freeze()
+
+    def _serves_without_vips(self) -> bool:
+        """pulse's ``announce_early``, asked at each takeover (:func:`serves_without_vips`)."""
+        director = self.director is not None and not self._child_failing
+        return serves_without_vips(self.config, self.opts.dataplane, self.popts.standby, director)
 
     async def open_dataplane(self, config: Config) -> None:
         """Under pulse every router starts inactive: the sync daemon's first role is

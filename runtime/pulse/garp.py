@@ -114,6 +114,73 @@ def send_frame(device: str, frame: bytes) -> None:
         s.send(frame)
 
 
+class Announcer:
+    """One address's announcement, ready to go: the frames built and a raw socket
+    bound to the device, both prepared when pulse starts, so that a takeover costs one
+    ``send()`` per frame — no netlink round trip for the MAC and broadcast, no socket
+    to open — and can run straight from the dead timer's callback.
+
+    The MAC and broadcast are those of start-up; :meth:`update` rebuilds the frames
+    when they changed (pulse re-reads them after the first round) and reopens the
+    socket when the device was replaced (a send fails with ENODEV/ENXIO)."""
+
+    def __init__(
+        self,
+        device: str,
+        address: IPv4Address | IPv6Address,
+        mac: bytes,
+        broadcast: IPv4Address | None,
+        rfc5227: bool = False,
+    ) -> None:
+        self.device = device
+        self.address = address
+        self.rfc5227 = rfc5227
+        self.mac = mac
+        self.broadcast = broadcast
+        self.frames = announce_frames(address, mac, broadcast, rfc5227)
+        self.sock: socket.socket | None = None
+        self._open()
+
+    def _open(self) -> None:
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        try:
+            s.bind((self.device, 0))
+            s.setblocking(False)  # never stall the event loop; a full queue fails the round
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+    def update(self, mac: bytes, broadcast: IPv4Address | None) -> bool:
+        """New frames if the device's MAC or broadcast changed; True when they did."""
+        if (mac, broadcast) == (self.mac, self.broadcast):
+            return False
+        self.mac, self.broadcast = mac, broadcast
+        self.frames = announce_frames(self.address, mac, broadcast, self.rfc5227)
+        return True
+
+    def send(self) -> None:
+        """One round: every frame, back to back. Raises OSError when the device is
+        gone even after reopening the socket once."""
+        for attempt in (0, 1):
+            try:
+                if self.sock is None:
+                    self._open()
+                assert self.sock is not None
+                for f in self.frames:
+                    self.sock.send(f)
+                return
+            except OSError:
+                self.close()
+                if attempt:
+                    raise
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 async def repeat(
     device: str,
     frame: bytes | tuple[bytes, ...],

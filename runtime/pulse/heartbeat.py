@@ -111,6 +111,13 @@ class Pulse:
     (neighbours then switch at once instead of after their ARP locktime).
     ``backup_defers_to_master=False`` applies piranha 0.8.6's §3.5 row 5 to the letter
     (see docs/pulse.md).
+    ``announce_early()`` says, at the moment of a takeover, that the dataplane already
+    serves the VIPs without the addresses on the device (XDP runs before the stack; a
+    hot standby's director runs): the first round of ARPs then goes out straight from
+    the callback that decided, before the addresses are added and ``on_activate``
+    runs. Where the stack itself must hold the address (IPVS, NAT's ``nat_router``,
+    a director that still has to start) it must return False, and the order above
+    holds.
     """
 
     def __init__(
@@ -133,6 +140,7 @@ class Pulse:
         link_poll_s: float | None = None,
         backup_defers_to_master: bool = True,
         arp_announce: bool = False,
+        announce_early: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.on_activate = on_activate or _noop()
@@ -149,6 +157,7 @@ class Pulse:
         self.link_poll_s = link_poll_s
         self.backup_defers_to_master = backup_defers_to_master
         self.arp_announce = arp_announce
+        self.announce_early = announce_early or (lambda: False)
         self.signer = wire.Signer(key)
         self.verifier = wire.Verifier(key, window_s=auth_window_s)
         self.role: Role | None = None
@@ -164,6 +173,9 @@ class Pulse:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._garps: list[asyncio.Task[int]] = []
+        self._announcers: dict[VipSpec, garp.Announcer] = {}
+        self._announced: set[VipSpec] = set()  # first round already out (announce_early)
+        self.timeline: dict[str, float] = {}  # the last takeover, monotonic (see _log_timeline)
         self._exit: PulseExit | None = None
         self.state_changed = asyncio.Condition()
         self.ready = asyncio.Event()  # set once the sockets are open and start-up ran
@@ -191,6 +203,7 @@ class Pulse:
         worker = asyncio.create_task(self._worker(), name="pulse-worker")
         tasks: list[asyncio.Task[None]] = [worker]
         try:
+            await self._prepare_announcers()
             if settings.backup_active:
                 self._open_sockets(addrs)
             if not self.forceactive:
@@ -211,6 +224,8 @@ class Pulse:
                 await worker
             for g in self._garps:
                 g.cancel()
+            for a in self._announcers.values():
+                a.close()
             for p in self.paths:
                 asyncio.get_running_loop().remove_reader(p.sock.fileno())
                 p.sock.close()
@@ -357,14 +372,27 @@ class Pulse:
             # a stalled (or SIGSTOPped) router does not declare a live partner dead
             for p in self.paths:
                 self._readable(p.sock)
-            self._execute(self.machine.handle_timer(self.clock()))
+            due = self.machine.dead_at
+            now = self.clock()
+            self._execute(self.machine.handle_timer(now), now, due)
         # let the worker finish the stop's actions (deactivation) before run() returns
         await self._work.join()
 
-    def _execute(self, actions: list[machine.Action]) -> None:
-        """Fast actions now (heartbeats, log lines); slow ones to the ordered worker."""
+    def _execute(
+        self, actions: list[machine.Action], now: float | None = None, due: float | None = None
+    ) -> None:
+        """Fast actions now (heartbeats, log lines); slow ones to the ordered worker.
+        An activation starts a new timeline (``due``: the dead timer's deadline when
+        it was the cause); with ``announce_early`` its first ARPs go out here."""
         for a in actions:
             match a:
+                case machine.Activate():
+                    t = self.clock() if now is None else now
+                    self.timeline = {"decided": t} if due is None else {"due": due, "decided": t}
+                    self._announced.clear()
+                    if self.announce_early():
+                        self._announce_round(self.vips)
+                    self._work.put_nowait(a)
                 case machine.Log(message=m):
                     log.info("%s", m)
                 case machine.SendHeartbeat(running=r):
@@ -398,6 +426,7 @@ class Pulse:
             case machine.Deactivate():
                 await self._deactivate()
             case machine.ReArp():
+                self._announced.clear()
                 self._start_garps()
             case machine.RunCommand(which=which):
                 await self._run_command(getattr(self.config, which))
@@ -415,6 +444,7 @@ class Pulse:
                     self.held.append(spec)
             except Exception as e:  # a missing device must not stop the other VIPs
                 log.error("cannot bring up %s on %s: %s", spec.address, spec.device, e)
+        self.timeline["vips"] = self.clock()
         try:
             await self.on_activate()
         except Exception:
@@ -422,7 +452,9 @@ class Pulse:
             assert self.machine is not None
             self._execute(self.machine.child_failed(self.clock()))
             return
+        self.timeline["director"] = self.clock()
         self._start_garps()
+        self._log_timeline()
 
     async def _deactivate(self) -> None:
         self.counts.transitions += 1
@@ -485,30 +517,92 @@ class Pulse:
             t.cancel()
         self._garps.clear()
 
+    async def _prepare_announcers(self) -> None:
+        """Build every VIP's ARP frames and open its raw socket now, at start, so a
+        takeover only sends (see :class:`garp.Announcer`). A device that cannot be
+        read now is tried again at the takeover."""
+        for spec in self.vips:
+            if spec in self._announcers:
+                continue
+            try:
+                self._announcers[spec] = await self._new_announcer(spec)
+            except Exception as e:
+                log.warning("ARPs for %s not prepared (%s): will be at takeover", spec.address, e)
+
+    async def _new_announcer(self, spec: VipSpec) -> garp.Announcer:
+        mac = await asyncio.to_thread(self.netlink.mac, spec.device)
+        brd = await asyncio.to_thread(self.netlink.broadcast, spec.device)
+        return garp.Announcer(spec.device, spec.address, mac, brd, self.arp_announce)
+
+    def _announce_round(self, specs: tuple[VipSpec, ...] | list[VipSpec]) -> None:
+        """One round of ARPs for every prepared address among ``specs``, right now
+        (non-blocking sends). The first frame's time goes into the timeline."""
+        for spec in specs:
+            ann = self._announcers.get(spec)
+            if ann is None or spec in self._announced:
+                continue
+            try:
+                ann.send()
+            except OSError as e:
+                log.error("ARP for %s on %s: %s", spec.address, spec.device, e)
+                continue
+            self._announced.add(spec)
+            self.counts.garps += len(ann.frames)
+            self.timeline.setdefault("arp", self.clock())
+
+    def _log_timeline(self) -> None:
+        """One line per takeover: where the time after the decision went (ms from the
+        dead timer's deadline, or from the decision), with the monotonic origin so it
+        can be laid next to a packet capture."""
+        tl = self.timeline
+        origin = tl.get("due", tl.get("decided"))
+        if origin is None:
+            return
+        steps = [k for k in ("decided", "arp", "vips", "director") if k in tl]
+        parts = [f"{k} +{(tl[k] - origin) * 1000:.2f} ms" for k in steps]
+        what = "dead timer due" if "due" in tl else "decided"
+        log.info("takeover timeline: %s at %.6f (monotonic); %s", what, origin, ", ".join(parts))
+
     def _start_garps(self) -> None:
-        """Announce every held address, all in parallel (as piranha's children did)."""
+        """Announce every held address, all in parallel (as piranha's children did):
+        the first round at once (unless it went out early), then the repeats."""
         self._cancel_garps()
+        self._announce_round(self.held)
         for spec in list(self.held):
-            self._garps.append(asyncio.create_task(self._garp(spec)))
+            first_out = spec in self._announced
+            self._garps.append(asyncio.create_task(self._garp(spec, first_out)))
 
-    async def _garp(self, spec: VipSpec) -> int:
+    async def _garp(self, spec: VipSpec, first_out: bool) -> int:
+        """The rest of one address's series, ``garp_interval`` apart. The MAC and
+        broadcast prepared at start are checked again after the first round (an
+        address prepared late, or a device that changed, gets fresh frames)."""
+        sent = 1 if first_out else 0
         try:
-            mac = await asyncio.to_thread(self.netlink.mac, spec.device)
-            brd = await asyncio.to_thread(self.netlink.broadcast, spec.device)
+            fresh = await self._new_announcer(spec)
         except Exception as e:
-            log.error("no ARP for %s: %s", spec.address, e)
-            return 0
-        frame = garp.announce_frames(spec.address, mac, brd, self.arp_announce)
-
-        def send(device: str, data: bytes) -> None:
-            garp.send_frame(device, data)
-            self.counts.garps += 1
-
-        n = await garp.repeat(
-            spec.device, frame, count=self.garp_count, interval=self.garp_interval, send=send
-        )
-        log.info("gratuitous lvs arps finished for %s (%d sent)", spec.address, n)
-        return n
+            if not sent:
+                log.error("no ARP for %s: %s", spec.address, e)
+                return 0
+        else:
+            old = self._announcers.get(spec)
+            if old is not None and (fresh.mac, fresh.broadcast) == (old.mac, old.broadcast):
+                fresh.close()
+            else:
+                if old is not None:
+                    old.close()
+                self._announcers[spec] = fresh
+        ann = self._announcers[spec]
+        for i in range(sent, self.garp_count):
+            if i:
+                await asyncio.sleep(self.garp_interval)
+            try:
+                ann.send()
+            except OSError:
+                break
+            self.counts.garps += len(ann.frames)
+            sent += 1
+        log.info("gratuitous lvs arps finished for %s (%d sent)", spec.address, sent)
+        return sent
 
     async def _run_command(self, command: str | None) -> None:
         """active_cmd / inactive_cmd: argv split on spaces, no shell, not waited for."""

@@ -5,15 +5,17 @@ active_cmd/inactive_cmd run without a shell, sync-daemon roles, status(), stop()
 from __future__ import annotations
 
 import asyncio
+from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
 
 from compiler import compile_file
+from runtime.pulse import garp
 from runtime.pulse.heartbeat import Pulse, PulseExit, Status
 from runtime.pulse.vip import Netlink
-from tests.netns.test_pulse_wire import PUB, VIP, config, has_vip, pair, partner
-from tests.netns.topo import Topology, inside
+from tests.netns.test_pulse_wire import PUB, VIP, config, has_vip, mac_of, pair, partner
+from tests.netns.topo import Capture, Topology, inside
 
 pytestmark = pytest.mark.netns
 
@@ -125,3 +127,60 @@ def test_no_active_virtual_means_nothing_to_do(topology: Topology, tmp_path: Pat
     pulse = Pulse(compile_file(str(cf)).config, netlink=Netlink(netns=router.name))
     with inside(router), pytest.raises(PulseExit, match="no active lvs services defined"):
         asyncio.run(pulse.run())
+
+
+@pytest.mark.parametrize("early", [False, True])
+def test_takeover_order_announce_after_the_director_or_before_the_vips(
+    topology: Topology, tmp_path: Path, early: bool
+) -> None:
+    """The order of a takeover. piranha's, and ours by default (IPVS, NAT, cold
+    standby): the VIPs go up, the director starts (``on_activate``), then the ARPs —
+    the callback sees the VIP and nothing announced yet. With ``announce_early`` (the
+    XDP hot standby, whose program serves the VIP without the address): the first
+    round leaves from the dead timer's callback, before the VIPs are added — the
+    callback sees both frames counted, and the takeover's timeline has the ARP before
+    the VIPs. Either way the frames are send_arp's reply then the RFC 5227
+    announcement, byte for byte, from the socket prepared at start."""
+    peer, router = pair(topology)
+    cf = config(tmp_path / "lvs.cf", keepalive=0.1, deadtime=0.5)
+    vip_hex = "0x" + IPv4Address(VIP).packed.hex()
+    cap = Capture(peer, "eth0", tmp_path / "arp.pcap", 2, f"arp and arp[14:4] = {vip_hex}")
+    seen: list[tuple[bool, int]] = []  # at on_activate: VIP up?, frames sent
+    pulses: list[Pulse] = []
+
+    async def on_activate() -> None:
+        seen.append((has_vip(router), pulses[0].status().garps_sent))
+
+    async def scenario() -> dict[str, float]:
+        pulse = Pulse(
+            compile_file(str(cf)).config,
+            on_activate=on_activate,
+            netlink=Netlink(netns=router.name),
+            garp_count=1,
+            arp_announce=True,
+            announce_early=lambda: early,
+        )
+        pulses.append(pulse)
+        task = asyncio.create_task(pulse.run())
+        await asyncio.wait_for(pulse.ready.wait(), 20)
+        # the primary never speaks: the dead timer activates the backup
+        await asyncio.wait_for(pulse.wait_for(lambda s: s.state == "active" and s.vips), 20)
+        await asyncio.wait_for(pulse.wait_for(lambda s: s.garps_sent == 2), 20)
+        await pulse.stop()
+        await asyncio.wait_for(task, 20)
+        return pulse.timeline
+
+    with inside(router):
+        timeline = asyncio.run(scenario())
+
+    mac = mac_of(router)
+    reply = garp.arp_frame(IPv4Address(VIP), mac, IPv4Address(f"{PUB}.255"))
+    announcement = garp.announcement_frame(IPv4Address(VIP), mac)
+    assert [f.data for f in cap.frames()] == [reply, announcement]
+    assert "due" in timeline  # the dead timer decided
+    if early:
+        assert seen == [(True, 2)]
+        assert timeline["due"] <= timeline["decided"] <= timeline["arp"] <= timeline["vips"]
+    else:
+        assert seen == [(True, 0)]
+        assert timeline["vips"] <= timeline["director"] <= timeline["arp"]

@@ -10,7 +10,7 @@ from compiler.model import Dialect
 from compiler.source import Source
 from dataplane.reconcile import SyncDaemon, SyncState, desired_state
 from runtime.backends import sync_daemons, sync_state, with_sync_role
-from runtime.router import pulse_reload_refusal
+from runtime.router import pulse_reload_refusal, serves_without_vips
 
 pytestmark = pytest.mark.unit
 
@@ -91,3 +91,23 @@ def test_a_reload_changing_what_pulse_fixed_is_refused_at_its_line(
     assert refusal.startswith(f"lvs.cf:{line}:"), refusal
     assert what in refusal and "cannot be changed by a reload while pulse runs" in refusal
     assert "restart the router" in refusal
+
+
+def test_the_first_arps_go_before_the_vips_only_where_the_dataplane_serves_without_them() -> None:
+    """pulse's announce_early: XDP, hot standby, a running director, no NAT — the
+    program forwards the VIPs' traffic before the stack sees it. Everything else
+    keeps piranha's order (VIPs, director, then ARPs)."""
+    dr = cfg(HEAD + web())
+    tun = cfg(HEAD.replace("network = direct", "network = tunnel") + web())
+    nat = cfg(
+        HEAD.replace("network = direct", "network = nat")
+        + "nat_router = 198.19.0.1 eth1:1\n"
+        + web()
+    )
+    assert serves_without_vips(dr, "xdp", "hot", True)
+    assert serves_without_vips(tun, "xdp", "hot", True)
+    assert not serves_without_vips(nat, "xdp", "hot", True)  # nat_router first
+    assert not serves_without_vips(dr, "ipvs", "hot", True)  # LOCAL_IN needs the VIP
+    assert not serves_without_vips(dr, "xdp", "cold", True)  # the director must start
+    assert not serves_without_vips(dr, "xdp", "hot", False)  # after a hard_shutdown
+    assert not serves_without_vips(None, "xdp", "hot", True)
