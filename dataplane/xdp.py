@@ -16,6 +16,7 @@ attach, pin, adopt.
 
 from __future__ import annotations
 
+import ctypes as ct
 import logging
 import os
 import warnings
@@ -29,7 +30,7 @@ import numpy as np
 from . import maglev
 from .bpf.render import PIN_DIR, render
 from .libbpf import map_info, map_items, map_update, obj_get, obj_pin
-from .maps import CT_TABLES, HASH, LRU_HASH, LbMaps, MapShape, shapes
+from .maps import HASH, LRU_HASH, LbMaps, MapShape, Real, be32, shapes
 from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, ServicePlan
 
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -58,6 +59,8 @@ _TableKey = tuple[tuple[maglev.Member, ...], frozenset[int]]
 # slot): the written table's and the one before, so that a server going down and
 # back up (or flapping) costs its table once
 _POSITIONS_KEPT = 2
+# from this many real entries to write at once, one batched update (see _write_reals)
+_BATCH_REALS = 64
 # what a map holds, for the warning when a resized map is replaced
 _CONTENT = {
     "conntrack": "tracked flows",
@@ -252,8 +255,6 @@ class XdpDataplane:
                     except OSError:
                         break  # a smaller plain hash map is full
                     copied += 1
-            elif same_layout and name in CT_TABLES:  # sets by flow hash: refilled
-                copied = self.maps.carry_over(name, fd, have.max_entries)
             what = _CONTENT.get(name, "contents (rewritten by sync)")
             fate = f"{copied} entries copied" if copied is not None else f"{what} dropped"
             log.warning(
@@ -377,6 +378,7 @@ class XdpDataplane:
             m.set_globals(tunnel_source, tunnel_vary_bits)
             self._globals = (tunnel_source, tunnel_vary_bits)
         known = self._reals
+        writes = []
         for r in reals:
             st = state.get(r.index, _HEALTHY)
             weight = r.weight if st.weight is None else st.weight
@@ -387,8 +389,8 @@ class XdpDataplane:
                 e = m.real(r.index)
                 have = (e.addr, e.mac, e.flags)
             if have != entry:
-                m.set_real(r.index, r.address, entry[1], flags)
-            known[r.index] = entry
+                writes.append((r.index, entry))
+        self._write_reals(writes)
         if not self._stale_cleared:  # entries a previous program left behind
             for i in range(len(self._all_reals) + 1, plan.sizes.max_reals):
                 if m.real(i).addr != IPv4Address(0):
@@ -409,6 +411,33 @@ class XdpDataplane:
         if self._macs is None or macs != self._macs:
             self._macs = dict(macs)
         self._writes_seen = m.writes
+
+    def _write_reals(self, writes: list[tuple[int, tuple[IPv4Address, bytes, int]]]) -> None:
+        """Write real entries (index, (address, MAC, flags)) and remember them. A few
+        go one by one through :class:`LbMaps`; many (a start, the first round of
+        checks: 10,000 servers coming in) in one batched update. Each single write is
+        a syscall through ctypes, which lets go of the GIL, and in the daemon getting
+        it back means waiting for the busy health-check loop: 10,000 of them took
+        seconds."""
+        m, known = self.maps, self._reals
+        if len(writes) < _BATCH_REALS:
+            for index, entry in writes:
+                m.set_real(index, *entry)
+                known[index] = entry
+            return
+        t = self.bpf[b"reals"]
+        keys = np.array([index for index, _entry in writes], dtype=np.uint32).tobytes()
+        values = b"".join(
+            bytes(Real(be32(addr), (ct.c_uint8 * 6)(*mac), flags))
+            for _index, (addr, mac, flags) in writes
+        )
+        t.items_update_batch(
+            (t.Key * len(writes)).from_buffer_copy(keys),
+            (t.Leaf * len(writes)).from_buffer_copy(values),
+        )
+        m.writes += 1  # as LbMaps counts its own batched writes (one per batch)
+        for index, entry in writes:
+            known[index] = entry
 
     def _sync_services(self) -> None:
         """Services and VIPs as the plan says (after the tables, so that no packet

@@ -464,3 +464,42 @@ def test_health_events_applied_incrementally_end_as_a_sync_from_scratch(
         assert snapshot(fresh) == snapshot(d)
     finally:
         fresh.close()
+
+
+def test_many_reals_at_once_are_written_in_one_batch() -> None:
+    """A start's first round (every server coming in at once) writes the real
+    entries in one batched update; they read back as one by one would leave them."""
+    text = ["network = direct\n"]
+    for s in range(2):
+        servers = "".join(SERVER % (k, 1 + k + 60 * s, 1 + k % 3) for k in range(60))
+        text.append(SERVICE % (s, 30, 80 + s, "wrr", servers))
+    result = compile_text("many.cf", "".join(text))
+    assert result.ok, result.diagnostics
+    sizes = Sizes(max_services=8, max_reals=128, ring_size=1021, ct_size=1021, persist_size=509)
+    p = plan(result.config, sizes)
+    d = XdpDataplane(p, pin_dir=None)
+    try:
+        macs = macs_of(p)
+        down = {r.index: RealState(failed=True) for r in p.reals}
+        d.sync(macs, down)
+        # all but three come in; one of them quiesced
+        state = {r.index: RealState(failed=True) for r in p.reals[:3]}
+        state[p.reals[5].index] = RealState(weight=0)
+        before = d.maps.writes
+        d.sync(macs, state, touched=[r.index for r in p.reals])
+        assert d.maps.writes == before + 1 + len(p.services)  # one batch, two tables
+        got = [d.maps.real(i) for i in range(1, len(p.reals) + 1)]
+        want = []
+        for r in p.reals:
+            st = state.get(r.index, RealState())
+            flags = (REAL_F_FAILED if st.failed else 0) | (REAL_F_QUIESCED if st.weight == 0 else 0)
+            want.append(RealEntry(r.address, macs[r.address], flags))
+        assert got == want
+        fresh = XdpDataplane(p, pin_dir=None)
+        try:
+            fresh.sync(macs, state)
+            assert [fresh.maps.real(i) for i in range(1, len(p.reals) + 1)] == got
+        finally:
+            fresh.close()
+    finally:
+        d.close()
