@@ -30,7 +30,7 @@ import numpy as np
 from . import maglev
 from .bpf.render import PIN_DIR, render
 from .libbpf import map_info, map_items, map_update, obj_get, obj_pin
-from .maps import HASH, LRU_HASH, LbMaps, MapShape, Real, be32, shapes
+from .maps import CT_TABLES, HASH, LRU_HASH, LbMaps, MapShape, Real, be32, shapes
 from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, ServicePlan
 
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -255,6 +255,8 @@ class XdpDataplane:
                     except OSError:
                         break  # a smaller plain hash map is full
                     copied += 1
+            elif same_layout and name in CT_TABLES:  # sets by flow hash: refilled
+                copied = self.maps.carry_over(name, fd, have.max_entries)
             what = _CONTENT.get(name, "contents (rewritten by sync)")
             fate = f"{copied} entries copied" if copied is not None else f"{what} dropped"
             log.warning(
