@@ -249,12 +249,12 @@ class XdpDataplane:
             if same_layout and new.type in (HASH, LRU_HASH):
                 new_fd = self.bpf[name.encode()].map_fd
                 copied = 0
-                for key, value in map_items(fd, have.key_size, have.value_size):
+                for n, (key, value) in enumerate(map_items(fd, have.key_size, have.value_size)):
                     try:
                         map_update(new_fd, key, value)
                     except OSError:
                         break  # a smaller plain hash map is full
-                    copied += 1
+                    copied = n + 1
             elif same_layout and name in CT_TABLES:  # sets by flow hash: refilled
                 copied = self.maps.carry_over(name, fd, have.max_entries)
             what = _CONTENT.get(name, "contents (rewritten by sync)")
