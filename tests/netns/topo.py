@@ -145,3 +145,12 @@ def ask(client: subprocess.Popen, **command: object) -> object:
     answer = json.loads(client.stdout.readline())
     assert "error" not in answer, answer["error"]
     return answer["ok"]
+
+
+CLIENT = Path(__file__).with_name("client.py")
+
+
+def start_client(ns: Netns) -> subprocess.Popen:
+    """The tests' JSON-line client (tests/netns/client.py) running in ``ns``; talk to it
+    with :func:`ask`. It stops when the topology closes."""
+    return ns.popen(sys.executable, str(CLIENT), stdin=subprocess.PIPE, text=True)
