@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVERS_PY = ROOT / "tests" / "netns" / "servers.py"
+CLIENT_PY = ROOT / "tests" / "netns" / "client.py"  # the JSON-line test client
 VIP = "198.18.2.100"
 RIPS = {"rs1": "198.19.3.11", "rs2": "198.19.4.11"}
 SERVES = ("--tcp", "80", "--udp", "53")
@@ -49,35 +50,6 @@ NAMES = [
     "daemon-stop-remove",
     "daemon-pulse-sync-roles",
 ]
-
-CLIENT = r"""
-import json, socket, sys
-held = {}
-for line in sys.stdin:
-    c = json.loads(line)
-    try:
-        if c["op"] == "names":
-            out = []
-            for _ in range(c["n"]):
-                s = socket.create_connection((c["dst"], c["port"]), timeout=5)
-                out.append(s.recv(100).decode()); s.close()
-        elif c["op"] == "udp":
-            out = []
-            for _ in range(c["n"]):
-                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
-                u.sendto(b"q", (c["dst"], c["port"])); out.append(u.recv(100).decode())
-                u.close()
-        elif c["op"] == "hold":
-            s = socket.create_connection((c["dst"], c["port"]), timeout=5)
-            name = s.recv(100).decode(); held[s.getsockname()[1]] = s
-            out = [s.getsockname()[1], name]
-        elif c["op"] == "echo":
-            s = held[c["sport"]]; s.sendall(c["data"].encode())
-            out = s.recv(100).decode()
-        print(json.dumps({"ok": out}), flush=True)
-    except Exception as e:
-        print(json.dumps({"error": repr(e)}), flush=True)
-"""
 
 
 def server(name: str, weight: int = 1) -> str:
@@ -158,7 +130,7 @@ class Lab:
             run(*ns(rs, "ip", "route", "add", "default", "via", f"198.19.{i}.1"))
             self.start_server(name)
         self.client = subprocess.Popen(
-            ns("dclient", sys.executable, "-c", CLIENT),
+            ns("dclient", sys.executable, str(CLIENT_PY)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
