@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .bpf.render import CT_WAYS, ct_sets
+from .bpf.render import CT_WAYS, ct_sets, svc_hints
 from .libbpf import array_values
-from .plan import Sizes, flow_hash
+from .plan import Sizes
 
 # global_stats slot names, in lb_consts.h order
 GLOBAL_COUNTERS = (
@@ -162,6 +162,7 @@ U32, U64 = ct.c_uint32, ct.c_uint64
 LAYOUTS: dict[str, tuple[Any, Any]] = {
     "services": (ServiceKey, Service),
     "service_info": (U32, ServiceInfo),
+    "service_hints": (U32, U32),
     "vips": (VipKey, U32),
     "reals": (U32, Real),
     "rings": (U32, U32),
@@ -186,6 +187,7 @@ CT_TABLES = ("conntrack", "nat_rev")
 KINDS = {
     "services": (HASH, 0),
     "service_info": (ARRAY, 0),
+    "service_hints": (ARRAY, 0),
     "vips": (HASH, 0),
     "reals": (ARRAY, 0),
     "rings": (ARRAY, 0),
@@ -218,6 +220,7 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
     entries = {
         "services": sizes.max_services,
         "service_info": sizes.max_services,
+        "service_hints": svc_hints(sizes),
         "vips": sizes.max_services,
         "reals": sizes.max_reals,
         "rings": sizes.max_services * sizes.ring_size,
@@ -272,6 +275,31 @@ def _flow_tuple(raw: object) -> tuple[IPv4Address, int, IPv4Address, int, int]:
     )
 
 
+_M64 = (1 << 64) - 1
+
+
+def ct_hash(saddr: IPv4Address, daddr: IPv4Address, sport: int, dport: int, proto: int) -> int:
+    """conntrack.h's ct_hash(): the hash whose low bits pick a key's set. Fields as
+    the program loads them: network-order bytes read as little-endian words."""
+    s = int.from_bytes(saddr.packed, "little")
+    d = int.from_bytes(daddr.packed, "little")
+    sp = int.from_bytes(sport.to_bytes(2, "big"), "little")
+    dp = int.from_bytes(dport.to_bytes(2, "big"), "little")
+    a = (s << 32) | d
+    b = (((sp << 16) | dp) << 32) | proto
+    h = ((a * 0x9E3779B97F4A7C15) ^ (b * 0xC2B2AE3D27D4EB4F)) & _M64
+    h ^= h >> 32
+    return ((h * 0x165667B19E3779F9) & _M64) >> 32
+
+
+def svc_hint_slot(key: ServiceKey, slots: int) -> int:
+    """scheduling.h's svc_hint_slot(): the service_hints slot of a service key."""
+    h = (
+        (key.vip * 0x9E3779B97F4A7C15) ^ (((key.port << 8) | key.proto) * 0xC2B2AE3D27D4EB4F)
+    ) & _M64
+    return (h >> 32) & (slots - 1)
+
+
 def ct_entries(raw: bytes) -> list[tuple[int, FlowKey, FlowState]]:
     """The entries of a connection table read whole (``raw``: its sets, as
     :func:`~dataplane.libbpf.array_values` returns them), as (age in its set, key,
@@ -295,7 +323,7 @@ def fill_ct_sets(n_sets: int, entries: list[tuple[int, FlowKey, FlowState]]) -> 
     by_set: dict[int, list[tuple[int, FlowKey, FlowState]]] = {}
     for age, key, val in entries:
         k = _flow_tuple(key)
-        h = flow_hash(k[0], k[2], k[1], k[3], k[4])
+        h = ct_hash(k[0], k[2], k[1], k[3], k[4])
         by_set.setdefault(h & (n_sets - 1), []).append((age, key, val))
     sets = (CtSet * n_sets)()
     kept = 0
@@ -345,6 +373,8 @@ class LbMaps:
         info[info.Key(index)] = _cast(ServiceInfo(key, svc), info.Leaf)
         t = self._t["services"]
         t[_cast(key, t.Key)] = _cast(svc, t.Leaf)
+        hints = self._t["service_hints"]  # the program checks a hint against service_info
+        hints[hints.Key(svc_hint_slot(key, svc_hints(self.sizes)))] = hints.Leaf(index + 1)
 
     def delete_service(self, vip: IPv4Address, port: int, proto: int) -> None:
         """Remove the key, and clear its index unless another service holds it now

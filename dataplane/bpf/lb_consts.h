@@ -17,6 +17,9 @@
 #ifndef CT_WAYS
 #define CT_WAYS 8              /* entries per set of the connection table */
 #endif
+#ifndef SVC_HINTS
+#define SVC_HINTS 1024         /* service hint slots: a power of two >= 16 x MAX_SERVICES */
+#endif
 #ifndef CT_SETS
 #define CT_SETS 32768          /* sets: a power of two >= CT_SIZE / CT_WAYS (render.py) */
 #endif

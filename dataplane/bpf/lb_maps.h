@@ -4,6 +4,7 @@
 
 LB_MAP("hash", struct service_key, struct service, services, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct service_info, service_info, MAX_SERVICES, 0);
+LB_MAP("array", __u32, __u32, service_hints, SVC_HINTS, 0); /* find_service() */
 LB_MAP("hash", struct vip_key, __u32, vips, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct real, reals, MAX_REALS, 0);
 LB_MAP("array", __u32, __u32, rings, MAX_SERVICES * RING_SIZE, 0);

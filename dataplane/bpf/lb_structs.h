@@ -47,8 +47,8 @@ struct flow_state {           /* one way of a conntrack or nat_rev set: 32 bytes
     __u32 real;               /* index in reals */
     __be32 addr;              /* that real's address when chosen: stale if it changed */
     __u32 service;            /* index in service_info: stale if it holds another key */
-    __u32 hash;               /* flow_hash() of the conntrack key (nat_rev: of the flow's
-                                 conntrack key, i.e. its set; tunnel: outer source) */
+    __u32 hash;               /* conntrack: flow_hash() of the key (the tunnel's outer
+                                 source); nat_rev: ct_hash() of the flow's conntrack key */
     __u64 last_ns;            /* NAT: nat_now() of the flow's last packet, either way */
     union {
         __u8 mac[6];          /* conntrack, NAT: the client side's next hop (the inbound
@@ -63,7 +63,7 @@ struct flow_state {           /* one way of a conntrack or nat_rev set: 32 bytes
 };
 
 /* A set of the connection table (conntrack, nat_rev: arrays of CT_SETS sets; a key's
- * set is flow_hash(key) & (CT_SETS - 1)). seq is a sequence lock for writers on any
+ * set is ct_hash(key) & (CT_SETS - 1)). seq is a sequence lock for writers on any
  * CPU: odd while one CPU inserts; a reader that sees it change (or odd) ignores what
  * it read. What an insert scans (stamps, keys) comes first, in 3 cache lines; a hit
  * reads the keys and one 32-byte value. */

@@ -138,7 +138,8 @@ LB_INLINE int forward_nat(struct xdp_md *ctx, __u32 id, const struct real *r,
  * holds either set too long the packet is dropped (the client sends it again) rather
  * than forwarded without the state its reply needs. */
 LB_INLINE int nat_new_flow(struct xdp_md *ctx, struct ct_set *set, const struct service *svc,
-                           __u32 id, const struct real *r, const struct packet *p, __u32 fh)
+                           __u32 id, const struct real *r, const struct packet *p, __u32 fh,
+                           __u32 ch)
 {
     __u32 zero = 0;
     struct nat_config *cfg = nat_config.lookup(&zero);
@@ -159,14 +160,15 @@ LB_INLINE int nat_new_flow(struct xdp_md *ctx, struct ct_set *set, const struct 
                                 .dport = p->flow.sport,
                                 .proto = p->flow.proto};
         struct flow_state e = {
-            .real = id, .addr = r->addr, .service = svc->index, .hash = fh, .last_ns = now};
+            .real = id, .addr = r->addr, .service = svc->index, .hash = ch, .last_ns = now};
         e.vip = p->flow.daddr;
         e.vport = p->flow.dport;
-        __u32 ri = flow_hash(&back) & (CT_SETS - 1);
+        __u32 ri = CT_SET(ct_hash(&back));
         struct ct_set *rset = nat_rev.lookup(&ri);
         if (!rset || ct_insert(rset, &back, &e) == CT_MISS)
             return XDP_DROP;
         __builtin_memcpy(e.mac, eth->h_source, ETH_ALEN);
+        e.hash = fh;
         if (ct_insert(set, &p->flow, &e) == CT_MISS)
             return XDP_DROP;
     }
@@ -182,7 +184,7 @@ LB_INLINE bool nat_flow_of_reply(const struct flow_key *back, struct flow_state 
                                  struct flow_state *st, struct ct_set **set, int *way,
                                  struct ct_set **rset, int *rway)
 {
-    __u32 ri = flow_hash(back) & (CT_SETS - 1);
+    __u32 ri = CT_SET(ct_hash(back));
     *rset = nat_rev.lookup(&ri);
     if (!*rset)
         return false;
@@ -194,7 +196,7 @@ LB_INLINE bool nat_flow_of_reply(const struct flow_key *back, struct flow_state 
                           .sport = back->dport,
                           .dport = rev->vport,
                           .proto = back->proto};
-    __u32 si = rev->hash & (CT_SETS - 1);
+    __u32 si = CT_SET(rev->hash);
     *set = conntrack.lookup(&si);
     if (!*set)
         return false;
@@ -267,7 +269,7 @@ LB_INLINE int nat_icmp(struct xdp_md *ctx, bool inbound)
         if (iph->daddr != in->saddr)
             return verdict(G_PASS_NOT_VIP, XDP_PASS);
         struct flow_state stc;
-        __u32 si = flow_hash(&fk) & (CT_SETS - 1);
+        __u32 si = CT_SET(ct_hash(&fk));
         struct ct_set *set = conntrack.lookup(&si);
         if (!set || ct_find(set, &fk, &stc) == CT_MISS || nat_expired(&stc, fk.proto, cfg, now))
             return verdict(G_PASS_NOT_VIP, XDP_PASS);
@@ -283,7 +285,7 @@ LB_INLINE int nat_icmp(struct xdp_md *ctx, bool inbound)
                                 .dport = fk.sport,
                                 .proto = fk.proto};
         struct flow_state rev;
-        __u32 ri = flow_hash(&back) & (CT_SETS - 1);
+        __u32 ri = CT_SET(ct_hash(&back));
         struct ct_set *rset = nat_rev.lookup(&ri);
         if (!rset || ct_find(rset, &back, &rev) == CT_MISS) /* not a NAT flow */
             return verdict(G_PASS_NOT_VIP, XDP_PASS);

@@ -32,10 +32,21 @@ def ct_sets(sizes: Sizes) -> int:
     return 1 << (need - 1).bit_length()
 
 
+def svc_hints(sizes: Sizes) -> int:
+    """Slots of service_hints: a power of two >= 16 per service, so that few
+    services share a slot (those that do fall back to the services hash)."""
+    return 1 << (16 * sizes.max_services - 1).bit_length()
+
+
 def defines(sizes: Sizes) -> list[tuple[str, int]]:
     """Every size the program is compiled with: the plan's, and the table geometry
     derived from them (maps.shapes uses the same functions)."""
-    return [*sizes.defines(), ("CT_WAYS", CT_WAYS), ("CT_SETS", ct_sets(sizes))]
+    return [
+        *sizes.defines(),
+        ("CT_WAYS", CT_WAYS),
+        ("CT_SETS", ct_sets(sizes)),
+        ("SVC_HINTS", svc_hints(sizes)),
+    ]
 
 
 @cache

@@ -46,7 +46,7 @@ def test_second_program_adopts_flows_and_counters(pin_dir: str) -> None:
     assert first.pin_program().endswith("/lb_ingress")
     assert sorted(os.listdir(pin_dir)) == sorted(
         ["conntrack", "globals", "global_stats", "lb_ingress", "nat_config", "nat_rev",
-         "persist", "real_ports", "real_stats", "reals", "rings", "service_info",
+         "persist", "real_ports", "real_stats", "reals", "rings", "service_hints", "service_info",
          "service_stats", "services", "vips"]
     )  # fmt: skip
     first.close()
@@ -86,7 +86,8 @@ def test_size_change_replaces_the_pinned_maps_and_keeps_the_flows(
     second = XdpDataplane(plan(config, bigger), pin_dir=pin_dir)
     replaced = {r.name: r for r in second.replaced}
     assert sorted(replaced) == [
-        "conntrack", "nat_rev", "rings", "service_info", "service_stats", "services", "vips"
+        "conntrack", "nat_rev", "rings", "service_hints", "service_info", "service_stats",
+        "services", "vips"
     ]  # fmt: skip
     assert replaced["conntrack"].copied == 1
     assert replaced["service_stats"].copied is None
