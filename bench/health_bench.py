@@ -161,6 +161,38 @@ def tcp_counters(names: tuple[str, ...]) -> dict[str, int]:
 COUNTERS = ("ListenOverflows", "ListenDrops", "TCPSynRetrans", "TCPTimeouts")
 
 
+class GcClock:
+    """Time spent in the cyclic garbage collector while ``on``, per generation: the
+    monitor allocates per check, and a full collection walks every tracked object,
+    so its cost grows with what the process holds (a daemon holds its config, plan
+    and director state)."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self.on = False
+        self.runs = [0, 0, 0]
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if not self.on:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            gen = info["generation"]
+            self.runs[gen] += 1
+            self.seconds[gen] += time.perf_counter() - self._started
+
+    def report(self) -> dict:
+        return {
+            "runs": list(self.runs),
+            "ms": [round(1000 * t, 1) for t in self.seconds],
+        }
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -263,10 +295,11 @@ async def inner(args: argparse.Namespace) -> dict:
     await asyncio.sleep(1.0)
 
     c0 = tcp_counters(COUNTERS)
+    gc_clock = GcClock()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-    window["on"] = True
+    window["on"] = gc_clock.on = True
     await asyncio.sleep(args.window)
-    window["on"] = False
+    window["on"] = gc_clock.on = False
     r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     c1 = tcp_counters(COUNTERS)
     user = (r1.ru_utime - r0.ru_utime) / (w1 - w0)
@@ -306,6 +339,7 @@ async def inner(args: argparse.Namespace) -> dict:
         "cpu_us_per_check": round(1e6 * cpu / checks_per_s, 1) if checks_per_s else None,
         "failed_checks": window["failed"],
         "tcp_counters_in_window": {k: c1[k] - c0[k] for k in COUNTERS},
+        "gc_in_window": gc_clock.report(),
         "latency_ms": {
             "p50": round(1000 * pct(latency, 0.50), 2),
             "p99": round(1000 * pct(latency, 0.99), 2),
@@ -466,10 +500,11 @@ async def inner_daemon(args: argparse.Namespace) -> dict:
         show_profile(profiles.get("warm-up"), "applies until every server was up")
         await asyncio.sleep(1.0)
 
+        gc_clock = GcClock()
         r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-        window["on"] = True
+        window["on"] = gc_clock.on = True
         await asyncio.sleep(args.window)
-        window["on"] = False
+        window["on"] = gc_clock.on = False
         r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
         user = (r1.ru_utime - r0.ru_utime) / (w1 - w0)
         system = (r1.ru_stime - r0.ru_stime) / (w1 - w0)
@@ -544,6 +579,7 @@ async def inner_daemon(args: argparse.Namespace) -> dict:
         if checks_per_s
         else None,
         "failed_checks": window["failed"],
+        "gc_in_window": gc_clock.report(),
         "jitter_ms": {
             "p50": round(1000 * pct(jitter, 0.50), 2),
             "p99": round(1000 * pct(jitter, 0.99), 2),
@@ -618,6 +654,8 @@ def report_daemon(result: dict) -> None:
         f"  check start jitter: p50 {j['p50']} ms, p99 {j['p99']} ms, max {j['max']} ms; "
         f"failed checks in the window: {result['failed_checks']}"
     )
+    g = result["gc_in_window"]
+    print(f"  garbage collections in the window, gen 0/1/2: {g['runs']}, {g['ms']} ms")
     a, c = result["apply_ms"], result["apply_cpu_ms"]
     print(
         f"  failure phase: CPU {result['failure_phase_cpu_pct']}% of one core, "
@@ -715,6 +753,8 @@ def outer(args: argparse.Namespace) -> None:
         f"failed checks in the window: {result['failed_checks']}"
     )
     print(f"  kernel TCP counters in the window: {result['tcp_counters_in_window']}")
+    g = result["gc_in_window"]
+    print(f"  garbage collections in the window, gen 0/1/2: {g['runs']}, {g['ms']} ms")
     j = result["jitter_ms"]
     print(f"  check start jitter: p50 {j['p50']} ms, p99 {j['p99']} ms, max {j['max']} ms")
     d = result["detection_ms"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -49,6 +50,7 @@ log = logging.getLogger("lvs-router")
 EXIT_OK, EXIT_ERRORS = 0, 1
 TICK_S = 1.0
 FIRST_ROUND_MAX_S = 5.0  # start-up: longest wait for every server's first verdict
+GC_GEN0 = 50_000  # net allocations between collections of the youngest generation
 COUNTERS_MAX_AGE_S = 30.0  # dataplane counters in the metrics: re-read at most this often
 
 
@@ -96,6 +98,25 @@ def setup_logging(verbose: bool = False) -> None:
 
 def _log(level: int, msg: str, **fields: object) -> None:
     log.log(level, msg, extra={"fields": fields})
+
+
+# --------------------------------------------------------------------------- collector
+
+
+def collect_rarely() -> None:
+    """Keep Python's cyclic garbage collector off the health checks' path.
+
+    What start-up built (the compiled config, the XDP plan, the director's state)
+    lives as long as the process: frozen, a full collection no longer walks it. And
+    the monitor keeps one timer and one check object per server alive at any moment
+    (tens of thousands, all young): each collection of the youngest generation walks
+    them all, and with the default threshold (700 allocations) that happened a few
+    times a second, ~2 % of a core at 10,000 servers. Nothing in the check path forms
+    reference cycles (reference counting frees it), so a collection every
+    ``GC_GEN0`` net allocations loses nothing but that cost."""
+    gc.freeze()
+    _gen0, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(GC_GEN0, gen1, gen2)
 
 
 # --------------------------------------------------------------------------- systemd
@@ -223,6 +244,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         self._ready = True
+        collect_rarely()
         sd_notify("READY=1\nSTATUS=running")
         _log(logging.INFO, "ready", socket=opts.socket or "off")
 
