@@ -570,6 +570,16 @@ class LbMaps:
             chunk = raw[i * ct.sizeof(CtSet) : (i + m) * ct.sizeof(CtSet)]
             t.items_update_batch(keys, (t.Leaf * m).from_buffer_copy(chunk))
 
+    def ct_set(self, name: str, index: int) -> CtSet:
+        """One set of a connection table (tests, diagnostics)."""
+        t = self._t[name]
+        return CtSet.from_buffer_copy(bytes(t[t.Key(index)]))
+
+    def write_ct_set(self, name: str, index: int, value: CtSet) -> None:
+        """Overwrite one set (tests: a set held by a writer, a crafted entry)."""
+        t = self._t[name]
+        t[t.Key(index)] = _cast(value, t.Leaf)
+
     def clear_flows(self) -> None:
         zero = bytes(ct.sizeof(CtSet) * ct_sets(self.sizes))
         for name in CT_TABLES:

@@ -93,7 +93,7 @@ LB_INLINE struct service *service_by_key(const struct service_key *key)
             si->key.proto == key->proto)
             return &si->svc;
     }
-    return services.lookup(key);
+    return services.lookup((struct service_key *)key);
 }
 
 /* the service a packet is for: (VIP, port, protocol), then (VIP, 0, protocol) when the

@@ -10,6 +10,7 @@ XDP_REDIRECT (the devmap slots point at ``lo``) and its rewritten bytes."""
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -451,3 +452,32 @@ def test_replies_not_ours_pass_untouched(nat: Nat) -> None:
         assert (out.retval, out.data) == (XDP_PASS, packet)
     c = nat.dp.maps.global_counters()
     assert (c["pass_nat_no_flow"], c["pass_not_ipv4"], c["nat_out"]) == (4, 1, 0)
+
+
+# --- across CPUs -------------------------------------------------------------------
+
+
+def test_reply_on_another_cpu_than_the_request(nat: Nat) -> None:
+    """Inbound on the public interface and the reply on the private one run on
+    whatever CPUs their queues (veth: their senders) use: the one connection table
+    serves both, and the reply refreshes the flow's single last-seen time."""
+    saved = os.sched_getaffinity(0)
+    cpus = sorted(saved)[:2]
+    if len(cpus) < 2:
+        raise AssertionError("this test needs two CPUs")
+    rip = nat.rip("web", 40950, TCP, 80)
+    try:
+        os.sched_setaffinity(0, {cpus[0]})
+        assert nat.inbound(to_vip(40950)).retval == XDP_REDIRECT
+        os.sched_setaffinity(0, {cpus[1]})
+        nat.dp.maps.advance_nat_clock(TIMEOUTS[0] - 1)
+        back = nat.reply(from_real(rip, 40950))
+        assert back.retval == XDP_REDIRECT and checked(back) == at_client(40950)
+        os.sched_setaffinity(0, {cpus[0]})
+        nat.dp.maps.advance_nat_clock(TIMEOUTS[0] - 1)  # alive: the reply refreshed it
+        out = nat.inbound(to_vip(40950, ACK))
+        assert out.retval == XDP_REDIRECT and checked(out) == at_real(rip, 40950, ACK)
+    finally:
+        os.sched_setaffinity(0, saved)
+    c = nat.dp.maps.global_counters()
+    assert (c["nat_in"], c["nat_out"], c["ct_hit"], c["nat_expired"]) == (2, 1, 1, 0)
