@@ -1,15 +1,17 @@
 """XDP dataplane benchmark: ns/packet through BPF_PROG_RUN and control-plane costs.
 
 Prints, in one run: an empty XDP_PASS program (the floor: timer and call overhead),
-a MAC-swap XDP_TX program (the baseline), a program that only inserts into a per-CPU
-LRU hash like ours (what the kernel's map insert costs by itself), and the load
-balancer on non-VIP packets (a SYN: one service lookup; an ACK: conntrack miss and
-service lookup), an established flow (conntrack hit, direct routing), a new flow
-(SYN: service lookup, hash, Maglev slot, conntrack insert; once for the same 5-tuple
-every call, once for a fresh 5-tuple every call) and tunnel encapsulation of an
-established UDP flow, and NAT (network = nat, port mapping 80 -> 8080) both ways on an
-established TCP flow: inbound (lb_ingress: rewrite, checksums, redirect) and the reply
-(lb_nat_return: reverse lookup, conntrack, rewrite, redirect); then a Maglev rebuild
+a MAC-swap XDP_TX program (the baseline), a program that only inserts into a kernel
+LRU hash with per-CPU lists (what the old conntrack's insert cost by itself: the
+reference for the connection table that replaced it), and the load balancer on
+non-VIP packets (a SYN: a service hint and the services hash; an ACK: a connection
+table miss too), an established flow (connection table hit, direct routing), a new
+flow (SYN: service hint, flow hash, Maglev slot, connection table insert; once for
+the same 5-tuple every call, once for a fresh 5-tuple every call, which touches cold
+sets) and tunnel encapsulation of an established UDP flow, and NAT (network = nat,
+port mapping 80 -> 8080) both ways on an established TCP flow: inbound (lb_ingress:
+rewrite, checksums, redirect) and the reply (lb_nat_return: its nat_rev entry, then
+the flow's conntrack entry, rewrite, redirect); then a Maglev rebuild
 for 100 real servers, "server down -> maps updated", and what the daemon pays per
 health event: a sync of 1,000 real servers (50 services x 20) with one server going down.
 
@@ -226,7 +228,7 @@ def main() -> int:
     cases = [
         ("empty XDP_PASS program (floor)", empty, [ack], XDP_PASS, True),
         ("MAC-swap XDP_TX program (baseline)", swap, [ack], XDP_TX, True),
-        ("per-CPU LRU insert alone (kernel cost)", lru, [syn], XDP_PASS, True),
+        ("kernel LRU hash insert (reference)", lru, [syn], XDP_PASS, True),
         ("non-VIP SYN -> XDP_PASS", dp.prog_fd, [other], XDP_PASS, True),
         ("non-VIP ACK -> XDP_PASS", dp.prog_fd, [other_ack], XDP_PASS, True),
         ("established flow, direct routing", dp.prog_fd, [ack], XDP_TX, True),
