@@ -77,17 +77,25 @@ def run(args: argparse.Namespace) -> int:
         print("send-arp: --count must be >= 1 and --interval >= 0", file=sys.stderr)
         return EXIT_USAGE
     errors: list[OSError] = []
+    # one socket for the whole series: closing an AF_PACKET socket waits for an RCU
+    # grace period (~8 ms), which a socket per frame would pay every time
+    try:
+        sock = garp.packet_socket(args.device)
+    except OSError as e:
+        print(f"send-arp: {args.device}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_FAILED
 
     def send(device: str, data: bytes) -> None:
         try:
-            garp.send_frame(device, data)
+            sock.send(data)
         except OSError as e:
             errors.append(e)
             raise
 
-    sent = asyncio.run(
-        garp.repeat(args.device, frame, count=args.count, interval=args.interval, send=send)
-    )
+    with sock:
+        sent = asyncio.run(
+            garp.repeat(args.device, frame, count=args.count, interval=args.interval, send=send)
+        )
     if errors:
         print(f"send-arp: {args.device}: {errors[0].strerror or errors[0]}", file=sys.stderr)
         return EXIT_FAILED
