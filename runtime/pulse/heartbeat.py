@@ -574,24 +574,26 @@ class Pulse:
 
     async def _garp(self, spec: VipSpec, first_out: bool) -> int:
         """The rest of one address's series, ``garp_interval`` apart. The MAC and
-        broadcast prepared at start are checked again after the first round (an
-        address prepared late, or a device that changed, gets fresh frames)."""
+        broadcast prepared at start are read again after the first round: an address
+        not prepared gets its frames now; if the device's MAC or broadcast changed
+        since, the first round carried the old ones and the whole series goes out
+        again at once with the new (the socket stays: only the frames change)."""
         sent = 1 if first_out else 0
+        ann = self._announcers.get(spec)
         try:
-            fresh = await self._new_announcer(spec)
+            mac = await asyncio.to_thread(self.netlink.mac, spec.device)
+            brd = await asyncio.to_thread(self.netlink.broadcast, spec.device)
+            if ann is None:
+                ann = garp.Announcer(spec.device, spec.address, mac, brd, self.arp_announce)
+                self._announcers[spec] = ann
+            elif ann.update(mac, brd) and sent:
+                log.warning("%s changed since start: announcing %s again", spec.device,
+                            spec.address)  # fmt: skip
+                sent = 0
         except Exception as e:
-            if not sent:
+            if ann is None:
                 log.error("no ARP for %s: %s", spec.address, e)
                 return 0
-        else:
-            old = self._announcers.get(spec)
-            if old is not None and (fresh.mac, fresh.broadcast) == (old.mac, old.broadcast):
-                fresh.close()
-            else:
-                if old is not None:
-                    old.close()
-                self._announcers[spec] = fresh
-        ann = self._announcers[spec]
         for i in range(sent, self.garp_count):
             if i:
                 await asyncio.sleep(self.garp_interval)

@@ -184,3 +184,54 @@ def test_takeover_order_announce_after_the_director_or_before_the_vips(
     else:
         assert seen == [(True, 0)]
         assert timeline["vips"] <= timeline["director"] <= timeline["arp"]
+
+
+def test_a_mac_changed_since_start_is_announced_again_at_once(
+    topology: Topology, tmp_path: Path
+) -> None:
+    """The frames are prepared at start; a device whose MAC changed before the
+    takeover gets its first round with the old MAC (sent before anything is read),
+    then — the device read again right after — the whole series at once with the new
+    one, so a client is misdirected for one netlink round trip at most."""
+    peer, router = pair(topology)
+    # a deadtime long enough that only the feeder's end can start the takeover
+    cf = config(tmp_path / "lvs.cf", keepalive=0.1, deadtime=3.0)
+    vip_hex = "0x" + IPv4Address(VIP).packed.hex()
+    cap = Capture(peer, "eth0", tmp_path / "arp.pcap", 6, f"arp and arp[14:4] = {vip_hex}")
+    old_mac = mac_of(router)
+    new_mac = bytes.fromhex("02005e0000aa")
+
+    async def scenario() -> None:
+        pulse = Pulse(
+            compile_file(str(cf)).config,
+            netlink=Netlink(netns=router.name),
+            garp_count=2,
+            garp_interval=0.05,
+            arp_announce=True,
+            announce_early=lambda: True,
+        )
+        task = asyncio.create_task(pulse.run())
+        # the primary's RUNNING heartbeats hold the backup down while the MAC changes
+        feeder = await asyncio.to_thread(
+            partner, peer, f"{PUB}.2", f"{PUB}.3", "running", interval=0.1
+        )
+        await asyncio.wait_for(pulse.ready.wait(), 20)
+        await asyncio.to_thread(router.ip, "link", "set", "eth0", "address", "02:00:5e:00:00:aa")
+        assert pulse.status().state == "inactive"
+        feeder.kill()
+        await asyncio.to_thread(feeder.wait)
+        async with asyncio.timeout(20):  # the repeats run in their own task: poll
+            while pulse.status().garps_sent < 6:
+                await asyncio.sleep(0.05)
+        await pulse.stop()
+        await asyncio.wait_for(task, 20)
+
+    with inside(router):
+        asyncio.run(scenario())
+
+    def round_of(mac: bytes) -> list[bytes]:
+        reply = garp.arp_frame(IPv4Address(VIP), mac, IPv4Address(f"{PUB}.255"))
+        return [reply, garp.announcement_frame(IPv4Address(VIP), mac)]
+
+    assert mac_of(router) == new_mac
+    assert [f.data for f in cap.frames()] == round_of(old_mac) + round_of(new_mac) * 2
