@@ -14,17 +14,9 @@ LB_INLINE int forward_direct(void *data, void *data_end, const struct real *r)
     return XDP_TX;
 }
 
-LB_INLINE __u16 ipv4_csum(const struct iphdr *iph)
-{
-    const __u16 *w = (const __u16 *)iph;
-    __u32 sum = 0;
-#pragma unroll
-    for (int i = 0; i < (int)(sizeof(struct iphdr) / 2); i++)
-        sum += w[i];
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    return ~sum;
-}
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "forward_tunnel builds the outer header from little-endian 32-bit words"
+#endif
 
 LB_INLINE int forward_tunnel(struct xdp_md *ctx, const struct real *r, __u32 hash)
 {
@@ -59,17 +51,21 @@ LB_INLINE int forward_tunnel(struct xdp_md *ctx, const struct real *r, __u32 has
     __builtin_memcpy(eth->h_source, our_mac, ETH_ALEN);
     eth->h_proto = LB_HTONS(ETH_P_IP);
 
-    outer->version = 4;
-    outer->ihl = 5;
-    outer->tos = inner->tos;
-    outer->tot_len = LB_HTONS(LB_NTOHS(inner->tot_len) + sizeof(struct iphdr));
-    outer->id = 0;
-    outer->frag_off = 0;
-    outer->ttl = 64;
-    outer->protocol = IPPROTO_IPIP;
-    outer->check = 0;
-    outer->saddr = src;
-    outer->daddr = r->addr;
-    outer->check = ipv4_csum(outer);
+    /* the outer header in five 32-bit stores (little-endian words: byte 0 first), its
+     * checksum summed from the values in registers, not read back from the packet */
+    __be32 dst = r->addr;
+    __u32 w0 = 0x45 | ((__u32)inner->tos << 8) |
+               ((__u32)LB_HTONS(LB_NTOHS(inner->tot_len) + sizeof(struct iphdr)) << 16);
+    __u32 w2 = 64 | (IPPROTO_IPIP << 8); /* ttl, protocol */
+    __u32 sum = (w0 & 0xffff) + (w0 >> 16) + w2 + (src & 0xffff) + (src >> 16) +
+                (dst & 0xffff) + (dst >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    __u32 *o = (__u32 *)outer;
+    o[0] = w0;
+    o[1] = 0; /* id 0, no fragment bits */
+    o[2] = w2 | ((~sum & 0xffff) << 16);
+    o[3] = src;
+    o[4] = dst;
     return XDP_TX;
 }
