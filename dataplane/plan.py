@@ -172,6 +172,16 @@ def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address:
     )
 
 
+def real_port(nat: bool, service_port: int, vs_port: int, rs_port: int) -> int:
+    """The port a real server has in the plan (part of its Maglev key): NAT maps the
+    VIP's port to the server's (0: the VIP's own); direct routing and tunnel keep the
+    destination port; in a service of every port (fwmark, port 0) each server keeps
+    its own."""
+    if not service_port:
+        return rs_port
+    return (rs_port or vs_port) if nat else vs_port
+
+
 def _service(
     group: list[VirtualService],
     config: Config,
@@ -229,8 +239,7 @@ def _service(
                         rs.spans.get("port", rs.span),
                     )
                 )
-            # NAT maps ports (0: the VIP's port); the other methods keep the port
-            rport = (rs.port or vs.port) if nat and port else vs.port if port else rs.port
+            rport = real_port(nat, port, vs.port, rs.port)
             if any(r.key == f"{address}:{rport}" for r in reals):
                 continue  # as in IPVS: each (RIP, port) once, the first one's weight
             reals.append(

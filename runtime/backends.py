@@ -23,6 +23,7 @@ now. The XDP dataplane has no sync daemon (both routers build the same Maglev ta
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from ipaddress import IPv4Address
@@ -267,6 +268,18 @@ def _ipvs_counters(st) -> Counters:
 # --------------------------------------------------------------------------- XDP
 
 
+def interface_mac(ifname: str) -> bytes:
+    """An interface's own MAC, asked of the kernel in our network namespace (sysfs
+    may be mounted for another one, as under ``nsenter --net``)."""
+    import fcntl
+    import struct
+
+    siocgifhwaddr = 0x8927
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        info = fcntl.ioctl(s.fileno(), siocgifhwaddr, struct.pack("256s", ifname.encode()[:15]))
+    return info[18:24]
+
+
 class XdpBackend:
     """Our XDP program (dataplane/xdp.py) on one interface, with pinned maps.
 
@@ -283,12 +296,14 @@ class XdpBackend:
         pin_dir: str | None = None,
         mode: str = "native",
         static_macs: Mapping[IPv4Address, bytes] | None = None,
+        nat_interface: str | None = None,
     ) -> None:
         from dataplane.bpf.render import PIN_DIR
 
         from .neighbours import Neighbours
 
         self.interface = interface
+        self.nat_interface = nat_interface  # network = nat: towards the real servers
         self.pin_dir = pin_dir or PIN_DIR
         self.mode = mode
         self.neighbours = Neighbours(static_macs)
@@ -297,6 +312,7 @@ class XdpBackend:
         self._desired: Desired | None = None
         self._macs: dict[IPv4Address, bytes] = {}
         self.attached_mode: str | None = None
+        self.nat_mode: str | None = None  # the reply path's, once attached
         self._removed = False  # after remove(): the maps are left alone
         # what the last successful apply gave the dataplane: the decision, to which
         # program, and every real's state (an incremental apply changes a few)
@@ -317,23 +333,37 @@ class XdpBackend:
             p = plan(with_sorry_servers(config))
         except PlanError as err:
             raise BackendError(err.message, err.span, err.help) from err
-        if "nat" in p.features:
-            # The program can NAT (dataplane/xdp.py configure_nat/attach_nat), but the
-            # daemon does not yet take a private interface or bring up nat_router: say
-            # so instead of loading a program that drops every NAT packet.
+        if "nat" in p.features and not self.nat_interface:
+            # NAT needs the reply path on the interface towards the real servers: say
+            # so instead of loading a program that drops every NAT packet
             from compiler.model import Network
 
             nat = [v for v in config.active_virtuals if config.forwarding(v) is Network.NAT]
             vs = nat[0] if nat else config.active_virtuals[0]
             span = vs.spans.get("network") or config.spans.get("network")
             raise BackendError(
-                f"virtual {vs.name}: NAT forwarding is not available in `lvs-router run` "
-                "on the XDP dataplane yet (no private interface or nat_router handling)",
+                f"virtual {vs.name}: NAT forwarding on the XDP dataplane needs the "
+                "interface towards the real servers",
                 span,
-                "use `--dataplane ipvs` for NAT virtuals, or `lvs-router apply --dataplane "
-                "xdp --nat-interface IF` to load a static NAT table",
+                "pass `--nat-interface IF` (the private side, where nat_router is), or use "
+                "`--dataplane ipvs`",
             )
         return p
+
+    def _attach_nat(self, dp) -> str | None:
+        """network = nat: where NAT frames go (both interfaces' indexes and MACs, read
+        in our own network namespace), each real's port, then the reply path on the
+        private interface -- before the requests' program, so that no request is
+        redirected to a real server whose reply nothing would translate back."""
+        if "nat" not in dp.plan.features or not self.nat_interface:
+            return None
+        dp.configure_nat(
+            private_ifindex=socket.if_nametoindex(self.nat_interface),
+            public_ifindex=socket.if_nametoindex(self.interface),
+            private_mac=interface_mac(self.nat_interface),
+            public_mac=interface_mac(self.interface),
+        )
+        return dp.attach_nat(self.nat_interface, self.mode)
 
     def load(self, config: Config) -> None:
         from dataplane.xdp import XdpDataplane
@@ -422,10 +452,14 @@ class XdpBackend:
         if self._pending is not None:
             old, self._dp, self._pending = self._dp, self._pending, None
             try:
+                nat_mode = self._attach_nat(self._dp)
                 self.attached_mode = self._dp.attach(self.interface, self.mode)
                 self._dp.pin_program()
             except Exception as err:
                 raise BackendError(f"cannot attach XDP to {self.interface}: {err}") from err
+            if nat_mode is not None:
+                self.nat_mode = nat_mode
+                changes.append(f"XDP NAT reply path attached to {self.nat_interface} ({nat_mode})")
             changes.append(f"XDP program attached to {self.interface} ({self.attached_mode})")
             if old is not None:
                 old.close()
@@ -471,11 +505,18 @@ class XdpBackend:
             return []
         self._removed = True
         XdpDataplane.detach(self.interface, self.attached_mode or "native")
+        if self.nat_mode is not None and self.nat_interface:
+            XdpDataplane.detach(self.nat_interface, self.nat_mode)
         m = self._dp.maps
         for key in m.services():
             m.delete_service(*key)
         for vip, proto in m.vips():
             m.delete_vip(vip, proto)
+        if self.nat_mode is not None:
+            return [
+                f"XDP programs detached from {self.interface} and {self.nat_interface}, "
+                "services removed"
+            ]
         return [f"XDP program detached from {self.interface}, services removed"]
 
     def close(self) -> None:

@@ -150,6 +150,7 @@ class Options:
     xdp_mode: str = "native"
     pin_dir: str | None = None
     real_macs: Mapping[IPv4Address, bytes] = field(default_factory=dict)
+    nat_interface: str | None = None  # XDP, network = nat: towards the real servers
     socket: str | None = DEFAULT_SOCKET
     metrics: tuple[str, int] | None = ("127.0.0.1", 9539)
     on_stop: str = "keep"  # keep | remove
@@ -183,7 +184,11 @@ def make_backend(opts: Options) -> Backend:
         if not opts.interface:
             raise BackendError("--dataplane xdp needs --interface")
         return XdpBackend(
-            opts.interface, pin_dir=opts.pin_dir, mode=opts.xdp_mode, static_macs=opts.real_macs
+            opts.interface,
+            pin_dir=opts.pin_dir,
+            mode=opts.xdp_mode,
+            static_macs=opts.real_macs,
+            nat_interface=opts.nat_interface,
         )
     from .backends import IpvsBackend
 

@@ -60,6 +60,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     x.add_argument("--interface", help="interface to attach the XDP program to")
     x.add_argument("--xdp-mode", choices=["native", "generic", "auto"], default="native")
     x.add_argument(
+        "--nat-interface",
+        metavar="IF",
+        help="network = nat: the interface towards the real servers (gets the reply path)",
+    )
+    x.add_argument(
         "--pin-dir", help="bpffs directory of the pinned maps (default /sys/fs/bpf/lvs-router)"
     )
     x.add_argument(
@@ -148,6 +153,7 @@ def run_command(args: argparse.Namespace) -> int:
             xdp_mode=args.xdp_mode,
             pin_dir=args.pin_dir,
             real_macs=dict(args.real_mac),
+            nat_interface=args.nat_interface,
             socket=args.socket,
             metrics=args.metrics,
             on_stop=args.on_stop,

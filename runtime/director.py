@@ -420,7 +420,8 @@ def xdp_index(config: Config, plan) -> Mapping[Key, int]:
 
 
 def _build_xdp_index(config: Config, plan) -> dict[Key, int]:
-    from dataplane.plan import PROTO
+    from compiler.model import Network
+    from dataplane.plan import PROTO, real_port
 
     by_service = {(s.vip, s.port, s.proto): s for s in plan.services}
     out: dict[Key, int] = {}
@@ -430,8 +431,9 @@ def _build_xdp_index(config: Config, plan) -> dict[Key, int]:
         if svc is None:
             continue
         reals = {r.key: r for r in svc.reals}
+        nat = svc.method is Network.NAT
         for rs in vs.servers:
-            real = reals.get(f"{rs.address}:{vs.port if port else rs.port}")
+            real = reals.get(f"{rs.address}:{real_port(nat, port, vs.port, rs.port)}")
             if rs.active and real is not None:
                 out[(vs.name, rs.name)] = real.index
     return out

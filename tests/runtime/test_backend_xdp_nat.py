@@ -1,7 +1,7 @@
-"""`lvs-router run --dataplane xdp` refuses NAT virtuals with the lvs.cf position.
-
-The XDP program can NAT, but the daemon does not yet take the private interface or
-bring up nat_router; loading anyway would drop every NAT packet, so it says so."""
+"""`lvs-router run --dataplane xdp` refuses NAT virtuals without ``--nat-interface``,
+with the lvs.cf position: the reply path needs the interface towards the real
+servers, and loading anyway would drop every NAT packet. With it, they pass (the live
+daemon with NAT: tests/netns/test_daemon_xdp_nat.py)."""
 
 from __future__ import annotations
 
@@ -26,15 +26,21 @@ virtual web {
 """
 
 
-def test_a_nat_virtual_is_refused_at_its_network_line() -> None:
+def test_a_nat_virtual_without_a_nat_interface_is_refused_at_its_network_line() -> None:
     result = compile_text("lvs.cf", CF)
     assert result.ok
     backend = XdpBackend("lo", pin_dir="/nonexistent/never-used")
     with pytest.raises(BackendError) as err:
         backend.load(result.config)
-    assert "virtual web: NAT forwarding is not available" in err.value.message
+    assert "virtual web: NAT forwarding on the XDP dataplane needs" in err.value.message
     assert str(err.value.span).startswith("lvs.cf:8:")
-    assert "--dataplane ipvs" in (err.value.help or "")
+    assert "--nat-interface" in (err.value.help or "")
+
+
+def test_with_a_nat_interface_a_nat_virtual_passes_the_check() -> None:
+    result = compile_text("lvs.cf", CF)
+    backend = XdpBackend("lo", pin_dir="/nonexistent/never-used", nat_interface="lo")
+    assert "nat" in backend._plan(result.config).features
 
 
 def test_direct_routing_passes_the_check() -> None:

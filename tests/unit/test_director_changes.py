@@ -182,3 +182,40 @@ def test_xdp_layout_maps_servers_to_reals_and_shared_reals_to_their_first_server
     assert states[layout.index[("dns", SORRY_SERVER)]].failed
     assert states[layout.index[("dns", "c")]].failed  # unchecked: out
     assert all(layout.state(desired, i) == st for i, st in states.items())
+
+
+def test_xdp_layout_finds_nat_servers_by_their_mapped_port() -> None:
+    """network = nat maps the VIP's port to each server's (80 -> 8080; none: 80): the
+    layout must look them up by that port, or their health would never reach the
+    maps."""
+    text = """network = nat
+nat_router = 198.18.33.254 eth1:1
+virtual web {
+    active = 1
+    address = 198.18.32.100 eth0:1
+    port = 80
+    server a {
+        address = 198.18.33.11
+        active = 1
+        port = 8080
+    }
+    server b {
+        address = 198.18.33.12
+        active = 1
+    }
+}
+"""
+    r = compile_text("nat.cf", text)
+    assert r.ok, r.errors
+    p = plan(with_sorry_servers(r.config))
+    layout = xdp_layout(r.config, p)
+    by_key = {real.key: real.index for s in p.services for real in s.reals}
+    assert dict(layout.index) == {
+        ("web", "a"): by_key["198.18.33.11:8080"],
+        ("web", "b"): by_key["198.18.33.12:80"],
+    }
+    d = Director(r.config)
+    d.server_event("web", "a", True, None, "ok", now=1.0)
+    states = xdp_states(d.desired(), p)
+    assert not states[layout.index[("web", "a")]].failed
+    assert states[layout.index[("web", "b")]].failed
