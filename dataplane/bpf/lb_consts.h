@@ -61,7 +61,7 @@
 #define G_DROP_ENCAP        8  /* bpf_xdp_adjust_head failed */
 #define G_TX                9  /* forwarded (XDP_TX) */
 #define G_CT_HIT            10 /* packet of a tracked flow */
-#define G_CT_MISS_NON_SYN   11 /* mid-flow packet without state (restart, LRU eviction) */
+#define G_CT_MISS_NON_SYN   11 /* mid-flow TCP packet without state (restart, eviction, busy set) */
 #define G_RESCHEDULED       12 /* tracked flow whose real server failed or changed */
 #define G_PERSIST_HIT       13 /* new flow sent by a persistence template */
 #define G_DROP_UNSUPPORTED  14 /* service asks for a feature this build left out */

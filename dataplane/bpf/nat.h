@@ -2,7 +2,8 @@
  *   inbound (public side, lb_ingress): VIP:vport -> RIP:rport, Ethernet towards the
  *     real server from the private interface's MAC, bpf_redirect_map to
  *     tx_ports[NAT_TX_PRIVATE]; the flow's conntrack entry learns the client side's
- *     MAC and gets a reverse entry (nat_rev) keyed by the reply's 5-tuple.
+ *     MAC and gets a reverse entry (nat_rev) keyed by the reply's 5-tuple, which
+ *     carries the VIP side and the flow's conntrack set (conntrack.h: both tables).
  *   return (private side, lb_nat_return): a reply matching nat_rev whose conntrack
  *     entry is alive and still on that real server -> RIP:rport becomes VIP:vport,
  *     Ethernet towards the learned MAC, redirect to tx_ports[NAT_TX_PUBLIC]; anything
