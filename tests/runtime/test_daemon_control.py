@@ -229,6 +229,11 @@ def test_metrics_endpoint_serves_states_checks_traffic_and_reloads() -> None:
     assert 'lvs_router_dataplane_packets_total{server="",virtual="web"} 1200.0' in text
     assert 'lvs_router_check_results_total{result="failed",virtual="web"} 1.0' in text
     assert 'lvs_router_check_duration_seconds_count{virtual="web"} 2.0' in text
+    assert 'lvs_router_check_duration_seconds_bucket{le="0.001",virtual="web"} 1.0' in text
+    assert 'lvs_router_check_duration_seconds_bucket{le="0.005",virtual="web"} 2.0' in text
+    assert 'lvs_router_check_duration_seconds_bucket{le="+Inf",virtual="web"} 2.0' in text
+    assert 'lvs_router_check_duration_seconds_sum{virtual="web"} 0.0024' in text
+    assert 'lvs_router_check_results_total{result="ok",virtual="web"} 1.0' in text
     assert 'lvs_router_reloads_total{outcome="failed"} 1.0' in text
     assert "lvs_router_dataplane_sync_seconds_count 1.0" in text
     assert 'lvs_router_sorry_server_active{virtual="web"} 0.0' in text
