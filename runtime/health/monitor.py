@@ -286,6 +286,16 @@ class HealthMonitor:
             )
         return out
 
+    def records(self) -> dict[tuple[str, str], tuple]:
+        """Per server, its check record as (last_ok, last_detail, last_latency, checks,
+        failures): what status and metrics show, without building a
+        :class:`ServerHealth` per server (the daemon refreshes its status every few
+        seconds; at 10,000 servers that was a third of the refresh)."""
+        return {
+            key: (s.last_ok, s.last_detail, s.last_latency, s.checks, s.failures)
+            for key, s in self._servers.items()
+        }
+
     def quiesces(self, virtual: str) -> bool:
         """Whether ``virtual`` has ``quiesce_server = 1``: a down server that has been in
         service is set to weight 0 instead of being removed."""

@@ -133,6 +133,16 @@ def test_stop_and_restart_a_real_server() -> None:
             assert snap.checks == len(results) and snap.failures == results.count(False)
             assert snap.last_ok is True and snap.last_latency is not None
             assert snap.last_detail == "connected"  # port 25, no send/expect: connect only
+            # the daemon's status reads the same record without building the snapshot
+            assert mon.records() == {
+                ("mail", "rs1"): (
+                    snap.last_ok,
+                    snap.last_detail,
+                    snap.last_latency,
+                    snap.checks,
+                    snap.failures,
+                )
+            }
         finally:
             await mon.stop()
             await web.stop()
