@@ -443,12 +443,15 @@ class XdpBackend:
                 changes.append(f"no MAC for {addr} yet, kept out: {', '.join(sorted(set(names)))}")
             self._wire_macs = {a: self._macs.get(a, b"\0" * 6) for a in addresses}
             self._states = states
-            dp.sync(self._wire_macs, states)
+            touched = None
         else:
             touched = layout.touched(changed)
             for index in touched:
                 self._states[index] = self._state(layout, desired, index, address_of[index])
+        try:
             dp.sync(self._wire_macs, self._states, touched=touched)
+        except OSError as err:  # the next apply syncs the whole decision again
+            raise BackendError(f"the XDP maps refused a write: {err}") from err
         if self._pending is not None:
             old, self._dp, self._pending = self._dp, self._pending, None
             try:
