@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from compiler import compile_text
 from dataplane.decap import Decap
 from dataplane.plan import Plan, RealPlan, ServicePlan, Sizes, addr_hash, flow_hash, plan
 from dataplane.xdp import RealState, XdpDataplane, attach_xdp
-from tests.netns.topo import Netns, Topology, ask, inside
+from tests.netns.topo import Netns, Topology, ask, inside, start_client
 
 pytestmark = pytest.mark.netns
 
@@ -74,49 +73,6 @@ virtual tunnelled {{
   network = tunnel
   scheduler = wrr
 {SERVERS}}}
-"""
-
-# The client: a long-running process in its namespace that takes one JSON command per
-# line and answers one JSON line, so a test can hold a connection open across steps.
-CLIENT = r"""
-import json, socket, sys
-held = {}
-def tcp(src, dst, port):
-    s = socket.socket(); s.settimeout(5); s.bind((src, 0)); s.connect((dst, port))
-    name = s.recv(100).decode()
-    return s, s.getsockname()[1], name
-def echo(s, data):
-    s.sendall(data.encode()); got = b""
-    while len(got) < len(data):
-        chunk = s.recv(100)
-        if not chunk: raise ConnectionError("closed")
-        got += chunk
-    return got.decode()
-for line in sys.stdin:
-    c = json.loads(line)
-    try:
-        if c["op"] == "many":
-            out = []
-            for _ in range(c["n"]):
-                s, sport, name = tcp(c["src"], c["dst"], c["port"])
-                assert echo(s, "ping") == "ping"
-                s.close(); out.append([sport, name])
-        elif c["op"] == "udp":
-            out = []
-            for _ in range(c["n"]):
-                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)
-                u.bind((c["src"], 0)); u.sendto(b"q", (c["dst"], c["port"]))
-                out.append([u.getsockname()[1], u.recv(100).decode()]); u.close()
-        elif c["op"] == "hold":
-            s, sport, name = tcp(c["src"], c["dst"], c["port"])
-            held[sport] = s; out = [sport, name]
-        elif c["op"] == "echo":
-            out = echo(held[c["sport"]], c["data"])
-        elif c["op"] == "close":
-            held.pop(c["sport"]).close(); out = None
-        print(json.dumps({"ok": out}), flush=True)
-    except Exception as e:
-        print(json.dumps({"error": repr(e)}), flush=True)
 """
 
 PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
@@ -203,7 +159,7 @@ def built() -> Iterator[Lab]:
         dp.sync(macs)
         with inside(lb):
             assert dp.attach("eth0") == "native"
-        proc = client.popen(sys.executable, "-c", CLIENT, stdin=subprocess.PIPE, text=True)
+        proc = start_client(client)
         yield Lab(t, dp, p, macs, decap, proc)
     passer.cleanup()
     decap.close()
@@ -238,7 +194,7 @@ def test_many_connections_complete_and_follow_the_weighted_table(lab: Lab) -> No
 
 def test_udp_datagrams_follow_the_table(lab: Lab) -> None:
     dns = lab.service("dns")
-    answers = lab.ask(op="udp", src=CLIENTS[1], dst=VIP, port=53, n=120)
+    answers = lab.ask(op="udp", src=CLIENTS[1], dst=VIP, port=53, n=120, ports=True)
     assert [n for _s, n in answers] == [lab.expected(dns, CLIENTS[1], s) for s, _n in answers]
     assert len({n for _s, n in answers}) == 3
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -33,8 +32,8 @@ from bcc import BPF
 from compiler import compile_text
 from dataplane.plan import Plan, ServicePlan, Sizes, flow_hash, plan
 from dataplane.xdp import RealState, XdpDataplane, attach_xdp
-from tests.netns.test_xdp_live import CLIENT, PASS_PROGRAM
-from tests.netns.topo import Netns, Topology, ask, inside
+from tests.netns.test_xdp_live import PASS_PROGRAM
+from tests.netns.topo import Netns, Topology, ask, inside, start_client
 
 pytestmark = pytest.mark.netns
 
@@ -159,7 +158,7 @@ def built() -> Iterator[Lab]:
             )
             assert dp.attach_nat("eth1") == "native"
             assert dp.attach("eth0") == "native"
-        proc = client.popen(sys.executable, "-c", CLIENT, stdin=subprocess.PIPE, text=True)
+        proc = start_client(client)
         yield Lab(dp, p, macs, proc, lb, client)
     passer.cleanup()
     dp.close()
@@ -190,7 +189,7 @@ def test_many_tcp_connections_complete_through_port_mapping(lab: Lab) -> None:
 
 def test_udp_exchanges_complete_through_port_mapping(lab: Lab) -> None:
     dns = lab.service("dns")
-    answers = lab.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=53, n=100)
+    answers = lab.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=53, n=100, ports=True)
     assert [n for _s, n in answers] == [lab.expected(dns, s) for s, _n in answers]
     assert {n for _s, n in answers} == {"rs1", "rs2"}
     assert lab.dp.maps.global_counters()["nat_out"] == 100
