@@ -19,7 +19,7 @@ import numpy as np
 
 from .bpf.render import CT_WAYS, ct_sets, svc_hints
 from .libbpf import array_values
-from .plan import Sizes
+from .plan import Sizes, _final
 
 # global_stats slot names, in lb_consts.h order
 GLOBAL_COUNTERS = (
@@ -46,6 +46,7 @@ GLOBAL_COUNTERS = (
     "nat_icmp",
     "ct_busy",
     "ct_evicted",
+    "lc_second",
 )
 
 
@@ -165,6 +166,8 @@ LAYOUTS: dict[str, tuple[Any, Any]] = {
     "service_hints": (U32, U32),
     "vips": (VipKey, U32),
     "reals": (U32, Real),
+    "real_conns": (U32, U32),
+    "real_weights": (U32, U32),
     "rings": (U32, U32),
     "conntrack": (U32, CtSet),
     "persist": (PersistKey, PersistState),
@@ -190,6 +193,8 @@ KINDS = {
     "service_hints": (ARRAY, 0),
     "vips": (HASH, 0),
     "reals": (ARRAY, 0),
+    "real_conns": (ARRAY, 0),
+    "real_weights": (ARRAY, 0),
     "rings": (ARRAY, 0),
     "conntrack": (ARRAY, 0),
     "persist": (LRU_HASH, 0),
@@ -223,6 +228,8 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "service_hints": svc_hints(sizes),
         "vips": sizes.max_services,
         "reals": sizes.max_reals,
+        "real_conns": sizes.max_reals,
+        "real_weights": sizes.max_reals,
         "rings": sizes.max_services * sizes.ring_size,
         "conntrack": ct_sets(sizes),
         "persist": sizes.persist_size,
@@ -298,6 +305,12 @@ def svc_hint_slot(key: ServiceKey, slots: int) -> int:
         (key.vip * 0x9E3779B97F4A7C15) ^ (((key.port << 8) | key.proto) * 0xC2B2AE3D27D4EB4F)
     ) & _M64
     return (h >> 32) & (slots - 1)
+
+
+def lc_second_hash(h: int) -> int:
+    """scheduling.h's lc_second_hash(): the least-connection family's second
+    candidate is the real at this hash's Maglev slot (h: the first one's hash)."""
+    return _final(h ^ 0x5BD1E995)
 
 
 def ct_entries(raw: bytes) -> list[tuple[int, FlowKey, FlowState]]:
@@ -445,6 +458,40 @@ class LbMaps:
         v = Real.from_buffer_copy(bytes(t[t.Key(index)]))
         return RealEntry(IPv4Address(socket.ntohl(v.addr)), bytes(v.mac), v.flags)
 
+    # the least-connection family (scheduling.h lc_pick)
+    def set_real_weights(self, weights: list[tuple[int, int]]) -> None:
+        """Write (real index, weight) pairs to real_weights, in one batched update:
+        what wlc, sed, nq and lblc divide a real's connection count by."""
+        if not weights:
+            return
+        self.writes += 1
+        t = self._t["real_weights"]
+        keys = np.array([i for i, _w in weights], dtype=np.uint32).tobytes()
+        values = np.array([w for _i, w in weights], dtype=np.uint32).tobytes()
+        t.items_update_batch(
+            (t.Key * len(weights)).from_buffer_copy(keys),
+            (t.Leaf * len(weights)).from_buffer_copy(values),
+        )
+
+    def real_weight(self, index: int) -> int:
+        t = self._t["real_weights"]
+        return int(t[t.Key(index)].value)
+
+    def set_real_conns(self, index: int, conns: int) -> None:
+        """Overwrite a real's connection count (tests construct loads with it; the
+        program's atomic adds own it otherwise)."""
+        t = self._t["real_conns"]
+        t[t.Key(index)] = t.Leaf(conns & 0xFFFFFFFF)
+
+    def real_conns(self) -> dict[int, int]:
+        """Open flows per real index (nonzero ones), as the program counts them for
+        the least-connection family; a count read as negative (drift) is 0."""
+        values = np.frombuffer(
+            array_values(self._t["real_conns"].map_fd, ct.sizeof(U32), self.sizes.max_reals),
+            dtype=np.int32,
+        )
+        return {int(i): int(values[i]) for i in np.flatnonzero(values > 0)}
+
     # Maglev tables
     def write_ring(self, service: int, slots: np.ndarray, real_ids: np.ndarray) -> None:
         """Write ``real_ids`` (0 = empty) at ``slots`` of the service's table, batched."""
@@ -585,6 +632,7 @@ class LbMaps:
         for name in CT_TABLES:
             self._write_sets(name, zero)
         self._t["persist"].clear()
+        self._t["real_conns"].clear()  # the flows they counted are gone
 
     def age_persistence(self, seconds: float) -> None:
         """Make every persistence template ``seconds`` older (tests, operators)."""

@@ -22,8 +22,10 @@
  *     are plain stores outside the lock: racing with an insert into the same way they
  *     can only make the new entry look more recent or, for NAT, start closing; never
  *     change which real server a key maps to.
- * The end of an entry is visible here (eviction, G_CT_EVICTED), for the schedulers
- * that count active connections. */
+ * The end of an entry is visible here (eviction, G_CT_EVICTED, replacement), for the
+ * least-connection schedulers: an entry inserted CT_COUNTED holds one count of its
+ * real in real_conns until it is replaced or evicted (ct_insert) or the client sends
+ * FIN or RST (ct_uncount), each under the set's lock: released exactly once. */
 
 #define CT_BARRIER() asm volatile("" ::: "memory")
 #define CT_SET(h) ((h) & (CT_SETS - 1))
@@ -94,21 +96,24 @@ LB_INLINE void ct_touch(struct ct_set *b, int way)
     b->stamp[way & (CT_WAYS - 1)] = t;
 }
 
+/* take set b's sequence lock (seq even -> odd); false when other CPUs held it
+ * throughout CT_WRITE_TRIES attempts */
+LB_INLINE bool ct_lock(struct ct_set *b)
+{
+    for (int attempt = 0; attempt < CT_WRITE_TRIES; attempt++) {
+        __u64 s = *(volatile __u64 *)&b->seq;
+        if (!(s & 1) && __sync_val_compare_and_swap(&b->seq, s, s + 1) == s)
+            return true;
+    }
+    return false;
+}
+
 /* Insert (or replace) key k with value v in set b: the way already holding k, else a
  * free way, else the least recently used. Returns the way, or CT_MISS when other
  * CPUs held the set throughout (G_CT_BUSY). */
 LB_INLINE int ct_insert(struct ct_set *b, const struct flow_key *k, const struct flow_state *v)
 {
-    bool locked = false;
-    __u64 s = 0;
-    for (int attempt = 0; attempt < CT_WRITE_TRIES; attempt++) {
-        s = *(volatile __u64 *)&b->seq;
-        if (!(s & 1) && __sync_val_compare_and_swap(&b->seq, s, s + 1) == s) {
-            locked = true;
-            break;
-        }
-    }
-    if (!locked)
+    if (!ct_lock(b))
         return verdict(G_CT_BUSY, CT_MISS);
     CT_BARRIER();
     const __u32 *kw = (const __u32 *)k;
@@ -133,16 +138,42 @@ LB_INLINE int ct_insert(struct ct_set *b, const struct flow_key *k, const struct
     if (same == CT_MISS && free == CT_MISS)
         count(G_CT_EVICTED);
     way &= CT_WAYS - 1;
+    /* the entry replaced (evicted, or the same key scheduled again) ends its count */
+    if (feature_lc() && b->stamp[way] && b->val[way].used == CT_COUNTED)
+        lc_release(b->val[way].real);
     __builtin_memcpy(&b->val[way], v, sizeof(*v));
     __u32 *kd = (__u32 *)&b->key[way];
     kd[0] = k0;
     kd[1] = k1;
     kd[2] = k2;
     kd[3] = k3;
-    b->val[way].used = 1;
+    b->val[way].used = feature_lc() && v->used == CT_COUNTED ? CT_COUNTED : CT_USED;
     b->stamp[way] = tick;
     b->tick = tick;
     CT_BARRIER();
     __sync_fetch_and_add(&b->seq, 1);
     return way;
+}
+
+/* A FIN or RST from the client of the entry at `way` (key k) ends its count: under
+ * the set's lock, only if the way still holds k and is still CT_COUNTED, so that a
+ * count is released once however many CPUs see such packets. When the lock is busy
+ * the count stays until the entry is replaced or evicted. */
+LB_INLINE void ct_uncount(struct ct_set *b, int way, const struct flow_key *k)
+{
+    if (!ct_lock(b))
+        return;
+    CT_BARRIER();
+    const __u32 *kw = (const __u32 *)k;
+    way &= CT_WAYS - 1;
+    __u32 id = 0;
+    if (b->stamp[way] && b->val[way].used == CT_COUNTED &&
+        ct_key_eq(&b->key[way], kw[0], kw[1], kw[2], kw[3])) {
+        b->val[way].used = CT_USED;
+        id = b->val[way].real;
+    }
+    CT_BARRIER();
+    __sync_fetch_and_add(&b->seq, 1);
+    if (id)
+        lc_release(id);
 }

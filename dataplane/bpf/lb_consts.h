@@ -44,6 +44,18 @@
 #define SVC_F_HASH_SRC (1u << 2) /* sh: the table is indexed by the source address */
 #define SVC_F_HASH_DST (1u << 3) /* dh: the table is indexed by the destination address */
 #define SVC_F_NAT      (1u << 4) /* NAT: rewrite to RIP:rport, redirect to the private side */
+/* bits 5-7: the least-connection family (scheduling.h lc_pick), 0: none */
+#define SVC_LC_SHIFT   5
+#define SVC_LC_MASK    (7u << SVC_LC_SHIFT)
+#define SVC_LC_LC      1 /* lc: fewer connections */
+#define SVC_LC_WLC     2 /* wlc: fewer connections per weight */
+#define SVC_LC_SED     3 /* sed: fewer (connections + 1) per weight */
+#define SVC_LC_NQ      4 /* nq: an idle server, else as sed */
+#define SVC_LC_LBLC    5 /* lblc, lblcr: the destination's server unless it is overloaded */
+
+/* struct flow_state.used (conntrack) */
+#define CT_USED        1 /* the way holds an entry */
+#define CT_COUNTED     2 /* ... that holds one count of its real in real_conns */
 
 /* struct real.flags */
 #define REAL_F_FAILED   (1u << 0) /* taken out: its tracked flows are rescheduled */
@@ -73,6 +85,7 @@
 #define G_NAT_ICMP          20 /* NAT: ICMP error about a NAT flow translated and redirected */
 #define G_CT_BUSY           21 /* connection-table set held by another CPU's insert too long */
 #define G_CT_EVICTED        22 /* a new entry replaced the least recently used one of a full set */
+#define G_LC_SECOND         23 /* lc family: new flow sent to the second candidate (less loaded) */
 #define GLOBAL_COUNTERS     24
 
 /* tx_ports slots (NAT) */

@@ -7,6 +7,10 @@ LB_MAP("array", __u32, struct service_info, service_info, MAX_SERVICES, 0);
 LB_MAP("array", __u32, __u32, service_hints, SVC_HINTS, 0); /* find_service() */
 LB_MAP("hash", struct vip_key, __u32, vips, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct real, reals, MAX_REALS, 0);
+/* the least-connection family: open flows per real (BPF, atomic adds), each real's
+ * weight (written by sync) (scheduling.h lc_pick) */
+LB_MAP("array", __u32, __u32, real_conns, MAX_REALS, 0);
+LB_MAP("array", __u32, __u32, real_weights, MAX_REALS, 0);
 LB_MAP("array", __u32, __u32, rings, MAX_SERVICES * RING_SIZE, 0);
 /* the connection table: CT_SETS sets of CT_WAYS flows, LRU replacement in each set (conntrack.h) */
 LB_MAP("array", __u32, struct ct_set, conntrack, CT_SETS, 0);

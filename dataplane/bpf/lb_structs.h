@@ -59,7 +59,7 @@ struct flow_state {           /* one way of a conntrack or nat_rev set: 32 bytes
         } __attribute__((packed));
     };
     __u8 closing;             /* NAT: FIN or RST seen, tcpfin_timeout applies */
-    __u8 used;                /* 1: the way holds an entry */
+    __u8 used;                /* CT_USED, or CT_COUNTED (lc family); 0: free */
 };
 
 /* A set of the connection table (conntrack, nat_rev: arrays of CT_SETS sets; a key's

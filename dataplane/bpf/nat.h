@@ -179,8 +179,16 @@ LB_INLINE int nat_new_flow(struct xdp_md *ctx, struct ct_set *set, const struct 
             return XDP_DROP;
         __builtin_memcpy(e.mac, eth->h_source, ETH_ALEN);
         e.hash = fh;
-        if (ct_insert(set, &p->flow, &e) == CT_MISS)
+        bool counted = lc_kind(svc) != 0; /* the conntrack entry holds the count */
+        if (counted) {
+            e.used = CT_COUNTED;
+            lc_count(id);
+        }
+        if (ct_insert(set, &p->flow, &e) == CT_MISS) {
+            if (counted)
+                lc_release(id);
             return XDP_DROP;
+        }
     }
     return forward_nat(ctx, id, r, p, 0, cfg, now);
 }

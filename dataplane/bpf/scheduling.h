@@ -4,7 +4,10 @@
  *   2. persistent services: a live template for the masked source address wins;
  *   3. otherwise the service's Maglev table, indexed by a hash of the 5-tuple
  *      (rr/wrr and the approximated schedulers), of the source address (sh, and
- *      persistent services) or of the destination address (dh).
+ *      persistent services) or of the destination address (dh);
+ *   4. the least-connection family (lc, wlc, sed, nq; lblc and lblcr approximated)
+ *      compares that slot's real with a second slot's, by a second hash, and takes
+ *      the less loaded one by real_conns (lc_pick).
  * A tracked flow costs array lookups only (its conntrack set, service_info, reals);
  * a new one the same plus a service hint and a table slot, and a conntrack insert
  * (conntrack.h). Tables and flags come from userspace; BPF only looks things up. */
@@ -58,6 +61,101 @@ LB_INLINE __u32 table_lookup(const struct service *svc, const struct packet *p, 
     __u32 slot = svc->index * RING_SIZE + h % RING_SIZE;
     __u32 *id = rings.lookup(&slot);
     return id ? *id : 0;
+}
+
+/* The least-connection family. real_conns[id] counts the conntrack entries marked
+ * CT_COUNTED that point at real id: +1 before such an entry is inserted (-1 if the
+ * insert fails), -1 when it ends: replaced or evicted (ct_insert, under the set's
+ * lock), or a FIN or RST from the client (ct_uncount, under the lock). Atomic adds,
+ * one counter per real shared by all CPUs. A count can still drift (entries lost to
+ * a table resize, a real index reused for another server): a decrement is skipped at
+ * 0 and a count read as negative is 0, so drift only makes a server look less busy
+ * than it is until its flows end. Compiled in only with feature_lc(). */
+LB_INLINE __u32 lc_kind(const struct service *svc)
+{
+    return feature_lc() ? (svc->flags & SVC_LC_MASK) >> SVC_LC_SHIFT : 0;
+}
+
+LB_INLINE void lc_count(__u32 id)
+{
+    __u32 *c = real_conns.lookup(&id);
+    if (c)
+        __sync_fetch_and_add(c, 1);
+}
+
+LB_INLINE void lc_release(__u32 id)
+{
+    __u32 *c = real_conns.lookup(&id);
+    if (c && *(volatile __s32 *)c > 0)
+        __sync_fetch_and_add(c, (__u32)-1);
+}
+
+LB_INLINE __u64 lc_conns(__u32 id)
+{
+    __u32 *c = real_conns.lookup(&id);
+    __s32 n = c ? *(volatile __s32 *)c : 0;
+    return n > 0 ? (__u64)n : 0;
+}
+
+LB_INLINE __u64 lc_weight(__u32 id)
+{
+    __u32 *w = real_weights.lookup(&id);
+    return w ? *w : 0;
+}
+
+/* Is real b a better choice than real a for a new flow? Loads are compared by cross
+ * multiplication (no division): wlc conns/weight, sed and nq (conns + 1)/weight.
+ * Ties, and an unknown weight (0: not written), keep a. */
+LB_INLINE bool lc_prefer_b(__u32 kind, __u32 a, __u32 b)
+{
+    __u64 ca = lc_conns(a), cb = lc_conns(b);
+    if (kind == SVC_LC_LC)
+        return cb < ca;
+    __u64 wa = lc_weight(a), wb = lc_weight(b);
+    if (!wa || !wb)
+        return false;
+    if (kind == SVC_LC_WLC)
+        return cb * wa < ca * wb;
+    if (kind == SVC_LC_NQ) {
+        if (!ca)
+            return false;
+        if (!cb)
+            return true;
+    }
+    if (kind == SVC_LC_SED || kind == SVC_LC_NQ)
+        return (cb + 1) * wa < (ca + 1) * wb;
+    /* lblc, lblcr: leave the destination's server only when it has more flows than
+     * its weight and the other has fewer than half its own (IPVS's overload test,
+     * against one other server instead of all of them) */
+    return ca > wa && cb * 2 < wb;
+}
+
+/* the second candidate's hash: independent of h's slot, the same on every router */
+LB_INLINE __u32 lc_second_hash(__u32 h)
+{
+    return hash_final(h ^ 0x5bd1e995u);
+}
+
+/* Power of two choices: the real at the Maglev slot of h (chosen, *cr) or the one at
+ * the slot of a second hash, whichever is less loaded by the service's kind; the
+ * first when they tie, are the same, or the second cannot take flows. */
+LB_INLINE void lc_pick(const struct service *svc, const struct packet *p, __u32 h,
+                       __u32 *chosen, struct real **cr)
+{
+    __u32 kind = lc_kind(svc);
+    if (!kind || !*chosen)
+        return;
+    __u32 other = table_lookup(svc, p, lc_second_hash(h));
+    if (!other || other == *chosen)
+        return;
+    struct real *or = reals.lookup(&other);
+    if (!or || !or->addr || (or->flags & (REAL_F_FAILED | REAL_F_QUIESCED)))
+        return;
+    if (lc_prefer_b(kind, *chosen, other)) {
+        *chosen = other;
+        *cr = or;
+        count(G_LC_SECOND);
+    }
 }
 
 LB_INLINE __u32 schedule_hash(const struct service *svc, const struct packet *p, __u32 fh)
@@ -138,16 +236,20 @@ LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 
             }
         }
         if (!chosen) {
-            chosen = table_lookup(svc, p, addr_hash(pk.client));
+            __u32 h = addr_hash(pk.client);
+            chosen = table_lookup(svc, p, h);
             cr = chosen ? reals.lookup(&chosen) : 0;
+            lc_pick(svc, p, h, &chosen, &cr);
         }
         if (cr && cr->addr) {
             struct persist_state fresh = {.real = chosen, .addr = cr->addr, .last_ns = now};
             persist.update(&pk, &fresh);
         }
     } else {
-        chosen = table_lookup(svc, p, schedule_hash(svc, p, fh));
+        __u32 h = schedule_hash(svc, p, fh);
+        chosen = table_lookup(svc, p, h);
         cr = chosen ? reals.lookup(&chosen) : 0;
+        lc_pick(svc, p, feature_dh() && (svc->flags & SVC_F_HASH_DST) ? fh : h, &chosen, &cr);
     }
     if (!cr || !cr->addr || (cr->flags & REAL_F_FAILED))
         return verdict(G_DROP_NO_REAL, XDP_DROP);

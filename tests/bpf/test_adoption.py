@@ -46,8 +46,8 @@ def test_second_program_adopts_flows_and_counters(pin_dir: str) -> None:
     assert first.pin_program().endswith("/lb_ingress")
     assert sorted(os.listdir(pin_dir)) == sorted(
         ["conntrack", "globals", "global_stats", "lb_ingress", "nat_config", "nat_rev",
-         "persist", "real_ports", "real_stats", "reals", "rings", "service_hints", "service_info",
-         "service_stats", "services", "vips"]
+         "persist", "real_conns", "real_ports", "real_stats", "real_weights", "reals", "rings",
+         "service_hints", "service_info", "service_stats", "services", "vips"]
     )  # fmt: skip
     first.close()
 
