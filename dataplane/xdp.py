@@ -191,6 +191,7 @@ class XdpDataplane:
         self._written: dict[int, np.ndarray] = {}  # service index -> real ids written
         self._written_from: dict[int, _TableKey] = {}  # ... and what they came from
         self._reals: dict[int, tuple[IPv4Address, bytes, int]] = {}  # index -> entry
+        self._weights: dict[int, int] = {}  # index -> weight written (lc family only)
         self._globals: tuple[IPv4Address, int] | None = None
         self._bases: dict[tuple, np.ndarray] = {}
         self._positions: dict[int, dict[_TableKey, np.ndarray]] = {}  # maglev.without
@@ -326,6 +327,7 @@ class XdpDataplane:
         now, so this sync compares with the maps and rewrites the tables whole."""
         if self._writes_seen is not None and self.maps.writes != self._writes_seen:
             self._reals.clear()
+            self._weights.clear()
             self._written.clear()
             self._written_from.clear()
             self._globals = None
@@ -381,9 +383,13 @@ class XdpDataplane:
             self._globals = (tunnel_source, tunnel_vary_bits)
         known = self._reals
         writes = []
+        weights = []  # real_weights, for the least-connection family (scheduling.h)
+        lc = "lc" in plan.features
         for r in reals:
             st = state.get(r.index, _HEALTHY)
             weight = r.weight if st.weight is None else st.weight
+            if lc and self._weights.get(r.index) != weight:
+                weights.append((r.index, weight))
             flags = (REAL_F_FAILED if st.failed else 0) | (REAL_F_QUIESCED if weight == 0 else 0)
             entry = (r.address, macs[r.address].ljust(6, b"\0"), flags)
             have = known.get(r.index)
@@ -393,6 +399,8 @@ class XdpDataplane:
             if have != entry:
                 writes.append((r.index, entry))
         self._write_reals(writes)
+        m.set_real_weights(weights)
+        self._weights.update(weights)
         if not self._stale_cleared:  # entries a previous program left behind
             for i in range(len(self._all_reals) + 1, plan.sizes.max_reals):
                 if m.real(i).addr != IPv4Address(0):
