@@ -13,9 +13,11 @@ Scheduler mapping (docs/xdp.md has the full semantics):
 * ``wrr``: Maglev table by weight;
 * ``sh`` / ``mh``: Maglev table by weight, indexed by the source address;
 * ``dh``: Maglev table by weight, indexed by the destination address;
-* ``lc``, ``wlc``, ``sed``, ``nq``, ``fo``, ``ovf``: approximated by ``wrr`` (``lc``
-  by ``rr``) until connection counts exist (part 2); ``lblc``/``lblcr`` by ``dh``.
-  Each approximation is reported as a note.
+* ``lc``, ``wlc``, ``sed``, ``nq``: the ``rr`` (lc) or ``wrr`` table's slot and a
+  second slot, whichever real has fewer connections by the program's counts (power
+  of two choices); ``lblc``/``lblcr``: the ``dh`` slot unless it is overloaded;
+  each reported as a note (IPVS compares every server);
+* ``fo``, ``ovf``: approximated by ``wrr``, reported as a note.
 """
 
 from __future__ import annotations
@@ -49,14 +51,24 @@ _HASH = {
     Scheduler.SH: ("source", None),
     Scheduler.MH: ("source", None),
     Scheduler.DH: ("destination", None),
-    Scheduler.LC: ("flow", "rr"),
-    Scheduler.WLC: ("flow", "wrr"),
-    Scheduler.SED: ("flow", "wrr"),
-    Scheduler.NQ: ("flow", "wrr"),
+    Scheduler.LC: ("flow", None),
+    Scheduler.WLC: ("flow", None),
+    Scheduler.SED: ("flow", None),
+    Scheduler.NQ: ("flow", None),
     Scheduler.FO: ("flow", "wrr"),
     Scheduler.OVF: ("flow", "wrr"),
-    Scheduler.LBLC: ("destination", "dh"),
-    Scheduler.LBLCR: ("destination", "dh"),
+    Scheduler.LBLC: ("destination", None),
+    Scheduler.LBLCR: ("destination", None),
+}
+# the least-connection family: struct service.flags bits 5-7 (lb_consts.h SVC_LC_*)
+SVC_LC_SHIFT = 5
+LC_KIND = {
+    Scheduler.LC: 1,
+    Scheduler.WLC: 2,
+    Scheduler.SED: 3,
+    Scheduler.NQ: 4,
+    Scheduler.LBLC: 5,
+    Scheduler.LBLCR: 5,
 }
 
 
@@ -200,7 +212,22 @@ def _service(
         notes.append(
             PlanNote(
                 f"virtual {vs.name}: scheduler {vs.scheduler.value} is approximated by "
-                f"{approx} in the XDP dataplane (no connection counts yet)",
+                f"{approx} in the XDP dataplane",
+                vs.spans.get("scheduler", span),
+            )
+        )
+    lc = LC_KIND.get(vs.scheduler, 0)
+    if lc:
+        how = (
+            "the destination's server unless it is overloaded and a second one is not"
+            if lc == LC_KIND[Scheduler.LBLC]
+            else "the less loaded of two servers"
+        )
+        notes.append(
+            PlanNote(
+                f"virtual {vs.name}: scheduler {vs.scheduler.value} picks {how} by this "
+                "router's connection counts in the XDP dataplane (IPVS compares every "
+                "server; docs/xdp.md)",
                 vs.spans.get("scheduler", span),
             )
         )
@@ -223,7 +250,8 @@ def _service(
         flags |= SVC_F_HASH_DST
     if vs.persistent:
         flags |= SVC_F_PERSIST
-    equal = vs.scheduler is Scheduler.RR or approx == "rr"
+    flags |= lc << SVC_LC_SHIFT
+    equal = vs.scheduler in (Scheduler.RR, Scheduler.LC)
     reals: list[RealPlan] = []
     for member in group:
         for rs in member.servers:
@@ -311,6 +339,8 @@ def plan(config: Config, sizes: Sizes | None = None) -> Plan:
             features.add("sh")
         if s.flags & SVC_F_HASH_DST:
             features.add("dh")
+        if s.scheduler in LC_KIND:
+            features.add("lc")
     set_ = (config.tcp_timeout, config.tcpfin_timeout, config.udp_timeout)
     timeouts = tuple(mine or ipvs for mine, ipvs in zip(set_, IPVS_TIMEOUTS, strict=True))
     return Plan(

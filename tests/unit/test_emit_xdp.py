@@ -55,7 +55,7 @@ def test_direct_only_config_leaves_tunnel_out() -> None:
 def test_nat_is_emitted_with_its_flag_and_feature() -> None:
     cf = "network = nat\nvirtual v {\n active = 1\n address = 198.18.0.1 eth0:1\n}\n"
     out = json.loads(emit("xdp-maps", compile_text("n.cf", cf).config))
-    assert out["features"] == ["nat"]
+    assert out["features"] == ["lc", "nat"]  # lvs.cf's default scheduler is wlc
     assert out["services"][0]["value"]["flags"] == ["nat"]
 
 
@@ -87,7 +87,7 @@ def test_approximated_scheduler_note_points_at_the_scheduler_line() -> None:
     cf += " }\n}\n"
     notes = plan(compile_text("w.cf", cf).config).notes
     assert [str(n.span) for n in notes] == ["w.cf:6:2"]
-    assert "scheduler wlc is approximated by wrr" in notes[0].message
+    assert "scheduler wlc picks the less loaded of two servers" in notes[0].message
     assert notes[0].render().startswith("w.cf:6:2: note: virtual v: scheduler wlc")
 
 

@@ -1,0 +1,190 @@
+"""wlc against wrr in live traffic through the XDP load balancer (real sockets, real
+veths, native XDP): a "slow" real server that holds many open connections receives
+fewer new ones under wlc than under wrr.
+
+The topology is test_xdp_live.py's (a bridge joining a client, the director and three
+real servers answering directly) with two services on one VIP and the same three
+servers of equal weight: ``lc`` (port 80, wlc) and ``plain`` (port 8080, wrr). For
+each service, the client first holds HELD connections on rs1 (rs2 and rs3 failed for
+that moment, so every new flow goes to rs1), then opens NEW short connections (each
+closed with a FIN, which releases its count). Under wrr rs1 takes its Maglev share;
+under wlc it is one of two candidates, and the less loaded other one wins unless both
+candidates are rs1.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+
+import pytest
+from bcc import BPF
+
+from compiler import compile_text
+from dataplane.maps import lc_second_hash
+from dataplane.plan import Plan, RealPlan, ServicePlan, Sizes, flow_hash, plan
+from dataplane.xdp import RealState, XdpDataplane, attach_xdp
+from tests.netns.topo import Netns, Topology, ask, inside, start_client
+
+pytestmark = pytest.mark.netns
+
+VIP = "198.18.21.100"
+DIRECTOR = "198.18.21.1"
+CLIENT = "198.18.21.2"
+REALS = {"rs1": "198.18.21.11", "rs2": "198.18.21.12", "rs3": "198.18.21.13"}
+HELD, NEW = 40, 180
+
+SERVER = "  server {name} {{\n    address = {addr}\n    active = 1\n    weight = 1\n  }}\n"
+SERVERS = "".join(SERVER.format(name=n, addr=a) for n, a in REALS.items())
+CONFIG = f"""network = direct
+virtual lc {{
+  active = 1
+  address = {VIP} eth0:1
+  port = 80
+  scheduler = wlc
+{SERVERS}}}
+virtual plain {{
+  active = 1
+  address = {VIP} eth0:1
+  port = 8080
+  scheduler = wrr
+{SERVERS}}}
+"""
+PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
+
+
+@dataclass
+class Lab:
+    topo: Topology
+    dp: XdpDataplane
+    plan: Plan
+    macs: dict[IPv4Address, bytes]
+    client: subprocess.Popen
+
+    def ask(self, **command: object) -> object:
+        return ask(self.client, **command)
+
+    def service(self, name: str) -> ServicePlan:
+        return next(s for s in self.plan.services if s.name == name)
+
+    def real_at(self, svc: ServicePlan, h: int) -> RealPlan:
+        rid = int(self.dp.table(svc, {})[h % self.plan.sizes.ring_size])
+        return next(r for r in svc.reals if r.index == rid)
+
+    def candidates(self, svc: ServicePlan, sport: int) -> tuple[str, str]:
+        h = flow_hash(IPv4Address(CLIENT), svc.vip, sport, svc.port, svc.proto)
+        return self.real_at(svc, h).name, self.real_at(svc, lc_second_hash(h)).name
+
+    def conns(self, svc: ServicePlan) -> dict[str, int]:
+        counts = self.dp.maps.real_conns()
+        return {r.name: counts.get(r.index, 0) for r in svc.reals}
+
+    def wait_conns(self, svc: ServicePlan, want: dict[str, int]) -> dict[str, int]:
+        """The counts once the last FINs crossed the director (they travel after the
+        client's close() returns); what they are after a few seconds otherwise."""
+        deadline = time.monotonic() + 5
+        while (got := self.conns(svc)) != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return got
+
+
+def _mac(ns: Netns, dev: str) -> bytes:
+    link = json.loads(ns.ip("-j", "link", "show", dev))[0]
+    return bytes.fromhex(link["address"].replace(":", ""))
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    result = compile_text("lc.cf", CONFIG)
+    assert result.ok, result.diagnostics
+    p = plan(result.config, Sizes(max_services=8, max_reals=16, ct_size=4093, persist_size=1021))
+    assert "lc" in p.features
+    dp = XdpDataplane(p, pin_dir=None)
+    passer = BPF(text=PASS_PROGRAM)
+    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
+    with Topology("xdp-lc") as t:
+        sw = t.netns("switch")
+        t.bridge(sw)
+        client, lb = t.netns("client"), t.netns("director")
+        t.veth(client, "eth0", sw, "client")
+        t.veth(lb, "eth0", sw, "director")
+        for port in ("client", "director"):
+            t.attach(sw, port)
+        client.addr("eth0", f"{CLIENT}/24")
+        client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
+        lb.addr("eth0", f"{DIRECTOR}/24")
+        lb.addr("eth0", f"{VIP}/32")
+        macs = {}
+        for name, addr in REALS.items():
+            rs = t.netns(name)
+            t.veth(rs, "eth0", sw, name)
+            t.attach(sw, name)
+            for key, value in (("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)):
+                for dev in ("all", "eth0"):
+                    rs.sysctl(f"net.ipv4.conf.{dev}.{key}", value)
+            rs.addr("eth0", f"{addr}/24")
+            rs.addr("lo", f"{VIP}/32")
+            t.serve(rs, name=name, tcp=[80, 8080])
+            macs[IPv4Address(addr)] = _mac(rs, "eth0")
+        with inside(sw):  # XDP_TX from the director's eth0 arrives here
+            assert attach_xdp(pass_fn, "director") == "native"
+        dp.sync(macs)
+        with inside(lb):
+            assert dp.attach("eth0") == "native"
+        proc = start_client(client)
+        yield Lab(t, dp, p, macs, proc)
+    passer.cleanup()
+    dp.close()
+
+
+def _load_rs1_then_open(lab: Lab, svc: ServicePlan) -> tuple[list[int], list[list]]:
+    """HELD connections held open on rs1, then NEW short ones: (held ports, the new
+    ones' [source port, server])."""
+    others = {r.index: RealState(failed=True) for r in svc.reals if r.name != "rs1"}
+    lab.dp.sync(lab.macs, others)  # for a moment every new flow goes to rs1
+    held = [lab.ask(op="hold", src=CLIENT, dst=VIP, port=svc.port) for _ in range(HELD)]
+    assert {name for _sport, name in held} == {"rs1"}
+    lab.dp.sync(lab.macs, {})
+    new = lab.ask(op="many", src=CLIENT, dst=VIP, port=svc.port, n=NEW)
+    assert len(new) == NEW
+    return [sport for sport, _name in held], new
+
+
+def test_a_loaded_server_gets_fewer_new_connections_under_wlc_than_wrr(lab: Lab) -> None:
+    lc, plain = lab.service("lc"), lab.service("plain")
+    lc_held, lc_new = _load_rs1_then_open(lab, lc)
+    # the held connections are counted, the closed ones released by their FINs
+    assert lab.wait_conns(lc, {"rs1": HELD, "rs2": 0, "rs3": 0}) == {
+        "rs1": HELD,
+        "rs2": 0,
+        "rs3": 0,
+    }
+    wrr_held, wrr_new = _load_rs1_then_open(lab, plain)
+    assert lab.conns(plain) == {"rs1": 0, "rs2": 0, "rs3": 0}  # wrr counts nothing
+
+    under_wlc = Counter(name for _sport, name in lc_new)
+    under_wrr = Counter(name for _sport, name in wrr_new)
+    # wrr: the Maglev table alone (a third of the slots each)
+    assert under_wrr["rs1"] > NEW // 6
+    # wlc: rs1 only when both candidates are rs1 (about one flow in nine), and
+    # every other flow to the less loaded of its two candidates
+    for sport, name in lc_new:
+        a, b = lab.candidates(lc, sport)
+        if name == "rs1":
+            assert (a, b) == ("rs1", "rs1")
+        else:
+            assert name in (a, b) and name != "rs1"
+            if a == "rs1":
+                assert name == b
+    assert under_wlc["rs1"] < under_wrr["rs1"]
+    assert under_wlc["rs1"] < NEW // 6
+    assert lab.dp.maps.global_counters()["lc_second"] > 0
+
+    for sport in lc_held + wrr_held:  # their FINs release rs1's count
+        lab.ask(op="close", sport=sport)
+    assert lab.wait_conns(lc, {"rs1": 0, "rs2": 0, "rs3": 0}) == {"rs1": 0, "rs2": 0, "rs3": 0}
