@@ -20,7 +20,7 @@ from compiler import compile_file
 from compiler.diagnostics import Severity, render_text
 from compiler.model import Dialect
 
-from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, PlanError, plan
+from .plan import LC_KIND, REAL_F_FAILED, REAL_F_QUIESCED, Plan, PlanError, plan
 
 EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
 
@@ -170,6 +170,7 @@ def show_xdp(args: Any) -> int:
             col, justify="right" if col in ("packets", "bytes", "new flows") else "left"
         )
     proto = {6: "tcp", 17: "udp"}
+    conns = m.real_conns()  # open flows per real, for the least-connection family
     for svc in p.services:
         c = m.service_counters(svc.index)
         port = svc.port or "*"
@@ -190,6 +191,8 @@ def show_xdp(args: Any) -> int:
                 if entry.flags & REAL_F_QUIESCED
                 else "up"
             )
+            if svc.scheduler in LC_KIND:
+                state += f", {conns.get(r.index, 0)} open"
             rc = m.real_counters(r.index)
             table.add_row(
                 f"  {r.name}",
