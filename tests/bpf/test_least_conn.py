@@ -29,6 +29,9 @@ from dataplane.xdp import RealState, XdpDataplane
 
 from .conftest import MACS, SIZES
 from .packets import ACK, RST, SYN, TCP, tcp_packet
+from .test_nat_packets import CONFIG as NAT_CONFIG
+from .test_nat_packets import MACS as NAT_MACS
+from .test_nat_packets import PRIVATE_MAC, PUBLIC_MAC, nat_plan, to_vip
 
 pytestmark = pytest.mark.bpf
 XDP_TX = 3
@@ -276,3 +279,26 @@ def test_lblc_leaves_the_destinations_server_only_when_overloaded(lb: LcLb) -> N
     assert lb.send("lblc", lb.port_with("lblc", a_name, b_name, sport + 1)) == b_name
     lb.load("lblc", **{a_name: 10, b_name: weight[b_name]})  # B not below half
     assert lb.send("lblc", lb.port_with("lblc", a_name, b_name, sport + 2)) == a_name
+
+
+def test_a_nat_flow_is_counted_until_its_fin() -> None:
+    p = nat_plan(NAT_CONFIG.replace("scheduler = wrr", "scheduler = wlc", 1))
+    assert "lc" in p.features
+    dp = XdpDataplane(p, pin_dir=None)
+    try:
+        dp.sync(NAT_MACS)
+        dp.configure_nat(
+            private_ifindex=1, public_ifindex=1, private_mac=PRIVATE_MAC, public_mac=PUBLIC_MAC
+        )
+        web = next(s for s in p.services if s.name == "web")
+        assert dp.maps.real_weight(web.reals[0].index) == 1
+        for sport in (41000, 41001):
+            assert prog_run(dp.prog_fd, to_vip(sport)).retval == 4  # XDP_REDIRECT
+        assert sum(dp.maps.real_conns().get(r.index, 0) for r in web.reals) == 2
+        for _ in range(2):
+            assert prog_run(dp.prog_fd, to_vip(41000, FIN_ACK)).retval == 4
+        assert sum(dp.maps.real_conns().get(r.index, 0) for r in web.reals) == 1
+        assert prog_run(dp.prog_fd, to_vip(41001, RST)).retval == 4
+        assert dp.maps.real_conns() == {}
+    finally:
+        dp.close()
