@@ -181,8 +181,8 @@ def test_a_loaded_server_gets_fewer_new_connections_under_wlc_than_wrr(lab: Lab)
             assert name in (a, b) and name != "rs1"
             if a == "rs1":
                 assert name == b
+    # about 20 against about 60 of 180: five standard deviations apart
     assert under_wlc["rs1"] < under_wrr["rs1"]
-    assert under_wlc["rs1"] < NEW // 6
     assert lab.dp.maps.global_counters()["lc_second"] > 0
 
     for sport in lc_held + wrr_held:  # their FINs release rs1's count
