@@ -8,12 +8,14 @@ non-VIP packets (a SYN: a service hint and the services hash; an ACK: a connecti
 table miss too), an established flow (connection table hit, direct routing), a new
 flow (SYN: service hint, flow hash, Maglev slot, connection table insert; once for
 the same 5-tuple every call, once for a fresh 5-tuple every call, which touches cold
-sets) and tunnel encapsulation of an established UDP flow, and NAT (network = nat,
-port mapping 80 -> 8080) both ways on an established TCP flow: inbound (lb_ingress:
-rewrite, checksums, redirect) and the reply (lb_nat_return: its nat_rev entry, then
-the flow's conntrack entry, rewrite, redirect); then a Maglev rebuild
-for 100 real servers, "server down -> maps updated", and what the daemon pays per
-health event: a sync of 1,000 real servers (50 services x 20) with one server going down.
+sets), an established flow and a same-5-tuple SYN with the service on wlc
+(connection counts, two candidates), tunnel encapsulation of an established UDP flow,
+and NAT (network = nat, port mapping 80 -> 8080) both ways on an established TCP
+flow: inbound (lb_ingress: rewrite, checksums, redirect) and the reply
+(lb_nat_return: its nat_rev entry, then the flow's conntrack entry, rewrite,
+redirect); then a Maglev rebuild for 100 real servers, "server down -> maps
+updated", and what the daemon pays per health event: a sync of 1,000 real servers
+(50 services x 20) with one server going down.
 
 BPF_PROG_RUN with repeat=1 in a loop (the program rewrites packets, and with
 repeat > 1 the kernel would feed it its own output), pinned to one CPU; medians of
@@ -209,6 +211,16 @@ def main() -> int:
     prog_run(dp.prog_fd, ack)  # creates the flow
     prog_run(dp.prog_fd, dns)
 
+    # the same services with web on wlc: the least-connection family compiled in
+    wlc_plan = plan(
+        compile_text("wlc.cf", (CONFIG % (servers(3), servers(3))).replace("wrr", "wlc", 1)).config,
+        Sizes(max_services=4, max_reals=16, ct_size=65521),
+    )
+    assert "lc" in wlc_plan.features
+    wlc = XdpDataplane(wlc_plan, pin_dir=None)
+    wlc.sync(macs)
+    prog_run(wlc.prog_fd, ack)  # creates the flow
+
     nat_plan = plan(
         compile_text(
             "nat.cf", NAT_CONFIG % "".join(NAT_SERVER % (i, 11 + i) for i in range(3))
@@ -234,6 +246,8 @@ def main() -> int:
         ("established flow, direct routing", dp.prog_fd, [ack], XDP_TX, True),
         ("new flow (SYN), same 5-tuple", dp.prog_fd, [syn], XDP_TX, True),
         ("new flow (SYN), fresh 5-tuple", dp.prog_fd, fresh, XDP_TX, False),
+        ("established flow, wlc", wlc.prog_fd, [ack], XDP_TX, True),
+        ("new flow (SYN), wlc, same 5-tuple", wlc.prog_fd, [syn], XDP_TX, True),
         ("established flow, IPIP tunnel", dp.prog_fd, [dns], XDP_TX, False),
         ("NAT inbound, established TCP", nat.prog_fd, [ack], XDP_REDIRECT, False),
         ("NAT return (reply), established TCP", nat_fd, [reply], XDP_REDIRECT, False),
