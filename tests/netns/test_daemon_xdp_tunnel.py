@@ -16,8 +16,6 @@ The real servers' kernel has no ``ipip`` module, so they run our decap program
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 
@@ -26,8 +24,8 @@ from bcc import BPF
 
 from dataplane.decap import Decap
 from dataplane.xdp import attach_xdp
-from tests.netns.test_daemon_xdp import CLIENT, CLIENT_ADDR, PASS_PROGRAM, VIP, Lab
-from tests.netns.topo import Topology, inside
+from tests.netns.test_daemon_xdp import CLIENT_ADDR, PASS_PROGRAM, VIP, Lab
+from tests.netns.topo import Topology, inside, start_client
 
 pytestmark = pytest.mark.netns
 
@@ -90,7 +88,7 @@ def lab(tmp_path) -> Iterator[Lab]:
                 assert decap.attach("eth0") == "native"
         with inside(near):  # XDP_TX from the director's eth0 arrives here
             assert attach_xdp(pass_fn, "director") == "native"
-        proc = client.popen(sys.executable, "-c", CLIENT, stdin=subprocess.PIPE, text=True)
+        proc = start_client(client)
         lab = Lab(t, lb, client, reals, proc, tmp_path)
         for name in RIPS:
             lab.start_tcp(name)
