@@ -40,6 +40,7 @@ CLIENT = "198.18.9.5"
 HERE = Path(__file__).resolve().parent
 VIPS = {"lc": "198.18.0.20", "wlc": "198.18.0.21", "sed": "198.18.0.22", "nq": "198.18.0.23"}
 VIPS["lblc"] = "198.18.0.24"
+VIPS["sticky"] = "198.18.0.25"
 
 
 @dataclass
@@ -279,6 +280,31 @@ def test_lblc_leaves_the_destinations_server_only_when_overloaded(lb: LcLb) -> N
     assert lb.send("lblc", lb.port_with("lblc", a_name, b_name, sport + 1)) == b_name
     lb.load("lblc", **{a_name: 10, b_name: weight[b_name]})  # B not below half
     assert lb.send("lblc", lb.port_with("lblc", a_name, b_name, sport + 2)) == a_name
+
+
+def test_a_persistent_clients_first_flow_takes_the_less_loaded_then_sticks(lb: LcLb) -> None:
+    # persistence: the candidates come from the client's address (A: its Maglev slot,
+    # B: the second hash of it); the template then holds whatever was chosen
+    client = next(
+        f"198.18.9.{i}"
+        for i in range(1, 255)
+        if lb.slot_real("sticky", addr_hash(IPv4Address(f"198.18.9.{i}"))).name == "a"
+        and lb.slot_real("sticky", lc_second_hash(addr_hash(IPv4Address(f"198.18.9.{i}")))).name
+        == "b"
+    )
+    lb.load("sticky", a=3, b=1)
+
+    def send(sport: int) -> bytes:
+        res = lb.run(tcp_packet(client, VIPS["sticky"], sport, 80, SYN))
+        assert res.retval == XDP_TX
+        return res.data[:6]
+
+    b_mac = MACS[lb.real("sticky", "b").address]
+    assert send(30000) == b_mac
+    lb.load("sticky", a=0, b=9)  # the template decides now, not the counts
+    assert send(30001) == b_mac
+    assert lb.dp.maps.global_counters()["persist_hit"] == 1
+    assert lb.conns("sticky") == {"a": 0, "b": 10}
 
 
 def test_a_nat_flow_is_counted_until_its_fin() -> None:
