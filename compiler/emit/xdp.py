@@ -60,6 +60,8 @@ def emit_maps(config: Config) -> str:
         P.SVC_F_HASH_DST: "hash-destination",
         P.SVC_F_NAT: "nat",
     }
+    # the least-connection kind in bits 5-7 of the flags (lb_consts.h SVC_LC_*)
+    lc_kinds = {1: "lc", 2: "wlc", 3: "sed", 4: "nq", 5: "lblc"}
     services: list[dict[str, Any]] = []
     rings: list[dict[str, Any]] = []
     for svc in plan.services:
@@ -69,6 +71,7 @@ def emit_maps(config: Config) -> str:
                 "value": {
                     "index": svc.index,
                     "flags": _flag_names(svc.flags, svc_flags),
+                    "least_connection": lc_kinds.get(svc.flags >> P.SVC_LC_SHIFT & 7),
                     "persist_s": svc.persist_s,
                     "pmask": str(svc.pmask),
                 },

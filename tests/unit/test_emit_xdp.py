@@ -57,6 +57,20 @@ def test_nat_is_emitted_with_its_flag_and_feature() -> None:
     out = json.loads(emit("xdp-maps", compile_text("n.cf", cf).config))
     assert out["features"] == ["lc", "nat"]  # lvs.cf's default scheduler is wlc
     assert out["services"][0]["value"]["flags"] == ["nat"]
+    assert out["services"][0]["value"]["least_connection"] == "wlc"
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "kind"),
+    [("lc", "lc"), ("wlc", "wlc"), ("sed", "sed"), ("nq", "nq"), ("lblcr", "lblc"), ("wrr", None)],
+)
+def test_maps_json_names_the_least_connection_kind(scheduler: str, kind: str | None) -> None:
+    """The kind the program reads from the service's flags, named in xdp-maps."""
+    cf = "network = direct\nvirtual v {\n active = 1\n address = 198.18.0.1 eth0:1\n"
+    cf += f" scheduler = {scheduler}\n server s {{\n  address = 198.18.1.1\n  active = 1\n }}\n}}\n"
+    out = json.loads(emit("xdp-maps", compile_text("k.cf", cf).config))
+    assert out["services"][0]["value"]["least_connection"] == kind
+    assert ("lc" in out["features"]) == (kind is not None)
 
 
 def test_emit_xdp_prints_target_notes_with_their_lvs_cf_position(capsys) -> None:
