@@ -27,12 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from bcc import BPF
 
-from dataplane.xdp import attach_xdp
 from runtime.control import ControlError, request
 from runtime.daemon import Daemon, Options
 from tests.netns.topo import Netns, Topology, ask, inside, start_client
+from tests.netns.xdp_lab import dr_segment, pass_on_switch
 
 pytestmark = pytest.mark.netns
 
@@ -41,7 +40,6 @@ VIP = "198.18.30.100"
 DIRECTOR = "198.18.30.1"
 CLIENT_ADDR = "198.18.30.2"
 REALS = {"rs1": "198.18.30.11", "rs2": "198.18.30.12", "rs3": "198.18.30.13"}
-PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
 DEADLINE_S = 30.0
 
 CHECK_SCRIPT = """#!/bin/sh
@@ -236,46 +234,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     script = work / "check.sh"
     script.write_text(CHECK_SCRIPT.format(dir=work / "state"))
     script.chmod(0o755)
-    passer = BPF(text=PASS_PROGRAM)
-    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
     with Topology("daemon-xdp") as t:
-        sw = t.netns("switch")
-        t.bridge(sw)
-        client, lb = t.netns("client"), t.netns("director")
-        t.veth(client, "eth0", sw, "client")
-        t.veth(lb, "eth0", sw, "director")
-        for port in ("client", "director"):
-            t.attach(sw, port)
-        client.addr("eth0", f"{CLIENT_ADDR}/24")
-        client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
-        lb.addr("eth0", f"{DIRECTOR}/24")
+        seg = dr_segment(t, clients=[CLIENT_ADDR], director=DIRECTOR, vips=[VIP], reals=REALS)
         # neighbour entries age in about a second here (30 s by default), so that a
         # replaced real server's new MAC is learned quickly
-        lb.sysctl("net.ipv4.neigh.eth0.base_reachable_time_ms", 1000)
-        lb.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", 1)
-        lb.addr("eth0", f"{VIP}/32")
-        reals = {}
-        for name, addr in REALS.items():
-            rs = reals[name] = t.netns(name)
-            t.veth(rs, "eth0", sw, name)
-            t.attach(sw, name)
-            for key, value in (("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)):
-                for dev in ("all", "eth0"):
-                    rs.sysctl(f"net.ipv4.conf.{dev}.{key}", value)
-            rs.addr("eth0", f"{addr}/24")
-            rs.addr("lo", f"{VIP}/32")
-        with inside(sw):  # XDP_TX from the director's eth0 arrives here
-            assert attach_xdp(pass_fn, "director") == "native"
-        proc = start_client(client)
-        lab = Lab(t, lb, client, reals, proc, work)
-        try:
-            yield lab
-        finally:
-            if lab.daemon is not None and lab.daemon.poll() is None:
-                lab.daemon.kill()
-                lab.daemon.wait()
-            shutil.rmtree(lab.pin_dir, ignore_errors=True)
-    passer.cleanup()
+        seg.director.sysctl("net.ipv4.neigh.eth0.base_reachable_time_ms", 1000)
+        seg.director.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", 1)
+        with pass_on_switch(seg):
+            proc = start_client(seg.client)
+            lab = Lab(t, seg.director, seg.client, seg.reals, proc, work)
+            try:
+                yield lab
+            finally:
+                if lab.daemon is not None and lab.daemon.poll() is None:
+                    lab.daemon.kill()
+                    lab.daemon.wait()
+                shutil.rmtree(lab.pin_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from bcc import BPF
 from dataplane.xdp import attach_xdp
 from runtime.control import ControlError, request
 from tests.netns.topo import Netns, Topology, ask, inside, start_client
+from tests.netns.xdp_lab import PASS_PROGRAM
 
 pytestmark = pytest.mark.netns
 
@@ -41,7 +42,7 @@ CLIENT_ADDR = "198.18.32.2"
 DIRECTOR = "198.18.32.1"
 NAT_ROUTER = "198.18.33.254"
 REALS = {"rs1": ("198.18.33.11", 1), "rs2": ("198.18.33.12", 2)}
-PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
+
 DEADLINE_S = 30.0
 
 

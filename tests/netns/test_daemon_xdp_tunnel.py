@@ -24,8 +24,9 @@ from bcc import BPF
 
 from dataplane.decap import Decap
 from dataplane.xdp import attach_xdp
-from tests.netns.test_daemon_xdp import CLIENT_ADDR, PASS_PROGRAM, VIP, Lab
+from tests.netns.test_daemon_xdp import CLIENT_ADDR, VIP, Lab
 from tests.netns.topo import Topology, inside, start_client
+from tests.netns.xdp_lab import PASS_PROGRAM
 
 pytestmark = pytest.mark.netns
 

@@ -14,7 +14,6 @@ candidates are rs1.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from collections import Counter
@@ -23,13 +22,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
-from bcc import BPF
 
 from compiler import compile_text
 from dataplane.maps import lc_second_hash
 from dataplane.plan import Plan, RealPlan, ServicePlan, Sizes, flow_hash, plan
-from dataplane.xdp import RealState, XdpDataplane, attach_xdp
-from tests.netns.topo import Netns, Topology, ask, inside, start_client
+from dataplane.xdp import RealState, XdpDataplane
+from tests.netns.topo import Topology, ask, inside, start_client
+from tests.netns.xdp_lab import dr_segment, link_mac, pass_on_switch
 
 pytestmark = pytest.mark.netns
 
@@ -55,7 +54,6 @@ virtual plain {{
   scheduler = wrr
 {SERVERS}}}
 """
-PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
 
 
 @dataclass
@@ -93,11 +91,6 @@ class Lab:
         return got
 
 
-def _mac(ns: Netns, dev: str) -> bytes:
-    link = json.loads(ns.ip("-j", "link", "show", dev))[0]
-    return bytes.fromhex(link["address"].replace(":", ""))
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     result = compile_text("lc.cf", CONFIG)
@@ -105,40 +98,17 @@ def lab() -> Iterator[Lab]:
     p = plan(result.config, Sizes(max_services=8, max_reals=16, ct_size=4093, persist_size=1021))
     assert "lc" in p.features
     dp = XdpDataplane(p, pin_dir=None)
-    passer = BPF(text=PASS_PROGRAM)
-    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
     with Topology("xdp-lc") as t:
-        sw = t.netns("switch")
-        t.bridge(sw)
-        client, lb = t.netns("client"), t.netns("director")
-        t.veth(client, "eth0", sw, "client")
-        t.veth(lb, "eth0", sw, "director")
-        for port in ("client", "director"):
-            t.attach(sw, port)
-        client.addr("eth0", f"{CLIENT}/24")
-        client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
-        lb.addr("eth0", f"{DIRECTOR}/24")
-        lb.addr("eth0", f"{VIP}/32")
+        seg = dr_segment(t, clients=[CLIENT], director=DIRECTOR, vips=[VIP], reals=REALS)
         macs = {}
-        for name, addr in REALS.items():
-            rs = t.netns(name)
-            t.veth(rs, "eth0", sw, name)
-            t.attach(sw, name)
-            for key, value in (("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)):
-                for dev in ("all", "eth0"):
-                    rs.sysctl(f"net.ipv4.conf.{dev}.{key}", value)
-            rs.addr("eth0", f"{addr}/24")
-            rs.addr("lo", f"{VIP}/32")
+        for name, rs in seg.reals.items():
             t.serve(rs, name=name, tcp=[80, 8080])
-            macs[IPv4Address(addr)] = _mac(rs, "eth0")
-        with inside(sw):  # XDP_TX from the director's eth0 arrives here
-            assert attach_xdp(pass_fn, "director") == "native"
-        dp.sync(macs)
-        with inside(lb):
-            assert dp.attach("eth0") == "native"
-        proc = start_client(client)
-        yield Lab(t, dp, p, macs, proc)
-    passer.cleanup()
+            macs[IPv4Address(REALS[name])] = link_mac(rs)
+        with pass_on_switch(seg):
+            dp.sync(macs)
+            with inside(seg.director):
+                assert dp.attach("eth0") == "native"
+            yield Lab(t, dp, p, macs, start_client(seg.client))
     dp.close()
 
 

@@ -16,7 +16,6 @@ once for the module.
 
 from __future__ import annotations
 
-import json
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -24,13 +23,13 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 import pytest
-from bcc import BPF
 
 from compiler import compile_text
 from dataplane.decap import Decap
 from dataplane.plan import Plan, RealPlan, ServicePlan, Sizes, addr_hash, flow_hash, plan
-from dataplane.xdp import RealState, XdpDataplane, attach_xdp
-from tests.netns.topo import Netns, Topology, ask, inside, start_client
+from dataplane.xdp import RealState, XdpDataplane
+from tests.netns.topo import Topology, ask, inside, start_client
+from tests.netns.xdp_lab import dr_segment, link_mac, pass_on_switch
 
 pytestmark = pytest.mark.netns
 
@@ -75,8 +74,6 @@ virtual tunnelled {{
 {SERVERS}}}
 """
 
-PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
-
 
 @dataclass
 class Lab:
@@ -111,11 +108,6 @@ class Lab:
         return {r.name: self.dp.maps.real_counters(r.index).new_flows for r in svc.reals}
 
 
-def _mac(ns: Netns, dev: str) -> bytes:
-    link = json.loads(ns.ip("-j", "link", "show", dev))[0]
-    return bytes.fromhex(link["address"].replace(":", ""))
-
-
 @pytest.fixture(scope="module")
 def built() -> Iterator[Lab]:
     result = compile_text("live.cf", CONFIG)
@@ -123,45 +115,25 @@ def built() -> Iterator[Lab]:
     p = plan(result.config, Sizes(max_services=8, max_reals=16, ct_size=4093, persist_size=1021))
     dp = XdpDataplane(p, pin_dir=None)
     decap = Decap([IPv4Address(a) for a, _ in REALS.values()])
-    passer = BPF(text=PASS_PROGRAM)
-    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
     with Topology("xdp-live") as t:
-        sw = t.netns("switch")
-        t.bridge(sw)
-        client, lb = t.netns("client"), t.netns("director")
-        t.veth(client, "eth0", sw, "client")
-        t.veth(lb, "eth0", sw, "director")
-        for port in ("client", "director"):
-            t.attach(sw, port)
-        for addr in CLIENTS:
-            client.addr("eth0", f"{addr}/24")
-        client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
-        lb.addr("eth0", f"{DIRECTOR}/24")
-        lb.addr("eth0", f"{VIP}/32")
-        lb.addr("eth0", f"{VIP_TUN}/32")
+        seg = dr_segment(
+            t,
+            clients=CLIENTS,
+            director=DIRECTOR,
+            vips=[VIP, VIP_TUN],
+            reals={name: addr for name, (addr, _w) in REALS.items()},
+        )
         macs = {}
-        for name, (addr, _w) in REALS.items():
-            rs = t.netns(name)
-            t.veth(rs, "eth0", sw, name)
-            t.attach(sw, name)
-            for key, value in (("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)):
-                for dev in ("all", "eth0"):
-                    rs.sysctl(f"net.ipv4.conf.{dev}.{key}", value)
-            rs.addr("eth0", f"{addr}/24")
-            rs.addr("lo", f"{VIP}/32")
-            rs.addr("lo", f"{VIP_TUN}/32")
+        for name, rs in seg.reals.items():
             with inside(rs):
                 assert decap.attach("eth0") == "native"
             t.serve(rs, name=name, tcp=[80, 443], udp=[53])
-            macs[IPv4Address(addr)] = _mac(rs, "eth0")
-        with inside(sw):  # XDP_TX from the director's eth0 arrives here
-            assert attach_xdp(pass_fn, "director") == "native"
-        dp.sync(macs)
-        with inside(lb):
-            assert dp.attach("eth0") == "native"
-        proc = start_client(client)
-        yield Lab(t, dp, p, macs, decap, proc)
-    passer.cleanup()
+            macs[IPv4Address(REALS[name][0])] = link_mac(rs)
+        with pass_on_switch(seg):
+            dp.sync(macs)
+            with inside(seg.director):
+                assert dp.attach("eth0") == "native"
+            yield Lab(t, dp, p, macs, decap, start_client(seg.client))
     decap.close()
     dp.close()
 

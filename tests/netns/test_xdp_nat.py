@@ -19,7 +19,6 @@ program's flow hash, so the assertions are exact per connection."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -32,8 +31,8 @@ from bcc import BPF
 from compiler import compile_text
 from dataplane.plan import Plan, ServicePlan, Sizes, flow_hash, plan
 from dataplane.xdp import RealState, XdpDataplane, attach_xdp
-from tests.netns.test_xdp_live import PASS_PROGRAM
 from tests.netns.topo import Netns, Topology, ask, inside, start_client
+from tests.netns.xdp_lab import PASS_PROGRAM, link_mac
 
 pytestmark = pytest.mark.netns
 
@@ -108,11 +107,6 @@ class Lab:
         return next(r.name for r in svc.reals if r.index == rid)
 
 
-def _mac(ns: Netns, dev: str) -> bytes:
-    link = json.loads(ns.ip("-j", "link", "show", dev))[0]
-    return bytes.fromhex(link["address"].replace(":", ""))
-
-
 @pytest.fixture(scope="module")
 def built() -> Iterator[Lab]:
     result = compile_text("nat.cf", CONFIG)
@@ -143,7 +137,7 @@ def built() -> Iterator[Lab]:
             rs.route("default", "via", NAT_ROUTER)
             rs.no_tx_offload("eth0")  # their replies cross XDP
             t.serve(rs, name=name, tcp=[8080], udp=[5353])
-            macs[IPv4Address(addr)] = _mac(rs, "eth0")
+            macs[IPv4Address(addr)] = link_mac(rs)
         with inside(client):  # redirected to the director's eth0: arrives here
             assert attach_xdp(pass_fn, "eth0") == "native"
         with inside(sw):  # redirected to the director's eth1: arrives here
@@ -153,8 +147,8 @@ def built() -> Iterator[Lab]:
             dp.configure_nat(
                 private_ifindex=socket.if_nametoindex("eth1"),
                 public_ifindex=socket.if_nametoindex("eth0"),
-                private_mac=_mac(lb, "eth1"),
-                public_mac=_mac(lb, "eth0"),
+                private_mac=link_mac(lb, "eth1"),
+                public_mac=link_mac(lb),
             )
             assert dp.attach_nat("eth1") == "native"
             assert dp.attach("eth0") == "native"
