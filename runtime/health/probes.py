@@ -111,6 +111,7 @@ class TcpCheck:
         "edge",
         "fd",
         "phase",
+        "pooled",
         "reactor",
         "read_deadline",
         "sock",
@@ -132,8 +133,13 @@ class TcpCheck:
         self.spec = spec
         self.sockaddr = sockaddr
         self.done: Callable[[ProbeResult], object] | None = done
-        # the C socket type: no Python-level __init__/close wrapper per check
-        self.sock = socket.SocketType(family, _STREAM)
+        # the FastReactor lends a reset socket (no socket/setsockopt/close per check)
+        self.pooled = hasattr(reactor, "tcp_socket")
+        if self.pooled:
+            self.sock = reactor.tcp_socket(family)  # type: ignore[attr-defined]
+        else:
+            # the C socket type: no Python-level __init__/close wrapper per check
+            self.sock = socket.SocketType(family, _STREAM)
         self.fd = self.sock.fileno()
         self.timer: Cancellable | None = None
         self.phase = "connect"
@@ -148,7 +154,8 @@ class TcpCheck:
         self.started = reactor.time()
         sock = self.sock
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            if not self.pooled:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
             err = sock.connect_ex(self.sockaddr)
         except OSError as e:
             self._finish(False, f"connect: {_oserror(e)}")
@@ -239,8 +246,11 @@ class TcpCheck:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        self.reactor.forget(self.fd)
-        self.sock.close()
+        if self.pooled:
+            self.reactor.release(self.sock)  # type: ignore[attr-defined]
+        else:
+            self.reactor.forget(self.fd)
+            self.sock.close()
 
     def _finish(self, ok: bool, detail: str) -> None:
         self._release()
