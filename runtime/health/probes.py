@@ -145,9 +145,10 @@ class TcpCheck:
         self.phase = "connect"
         self.started = 0.0
         self.read_deadline = 0.0
-        # a check that reads, on a reactor that can follow a socket: one edge-triggered
-        # registration for the connect and the read (saves re-arming in between)
-        self.edge = spec.expect is not None and hasattr(reactor, "follow")
+        # on a reactor that can follow a socket: one edge-triggered registration for
+        # the connect and the read (saves re-arming in between), which a lent socket
+        # keeps for its next check (saves the epoll_ctl of every check)
+        self.edge = hasattr(reactor, "follow")
 
     def start(self) -> None:
         reactor = self.reactor
@@ -167,7 +168,8 @@ class TcpCheck:
                 reactor.watch(self.fd, True, self._on_connect)
             self.timer = reactor.call_at(self.started + self.spec.timeout, self._on_timeout)
             return
-        if self.edge and not err:  # connected at once (rare): follow it for the read
+        if self.edge and not err and self.spec.expect is not None:
+            # connected at once (rare): follow it for the read
             reactor.follow(self.fd, self._on_edge)  # type: ignore[attr-defined]
         self._connected(err)
 

@@ -128,6 +128,7 @@ class FastReactor:
         self._firing = False
         self._epoll = select.epoll()
         self._registered: set[int] = set()
+        self._edge: set[int] = set()  # registered edge-triggered, in and out
         self._callbacks: dict[int, Callable[[int], object]] = {}
         self._following: dict[int, Callable[[int], object]] = {}
         self._idle: dict[int, list[socket.socket]] = {}  # family -> reset sockets
@@ -142,6 +143,7 @@ class FastReactor:
                 sock.close()
         self._idle.clear()
         self._registered.clear()
+        self._edge.clear()
         self._epoll.close()
         self._buckets.clear()
         self._keys.clear()
@@ -200,6 +202,7 @@ class FastReactor:
 
     def watch(self, fd: int, writable: bool, fn: Callable[[int], object]) -> None:
         mask = _ONESHOT_OUT if writable else _ONESHOT_IN
+        self._edge.discard(fd)
         if fd in self._registered:
             try:
                 self._epoll.modify(fd, mask)
@@ -218,7 +221,14 @@ class FastReactor:
         """Call ``fn(events)`` on every readiness change of ``fd`` (edge-triggered, in
         and out) until :meth:`forget`: one registration serves a connect and the read
         after it, where :meth:`watch` needs a second ``epoll_ctl`` to re-arm. ``fn``
-        may be called with nothing new to read (it must then wait for the next call)."""
+        may be called with nothing new to read (it must then wait for the next call).
+        A lent socket keeps its edge-triggered registration from check to check: no
+        ``epoll_ctl`` at all then."""
+        self._callbacks.pop(fd, None)
+        self._following[fd] = fn
+        if fd in self._edge:
+            return
+        self._edge.add(fd)
         if fd in self._registered:
             try:
                 self._epoll.modify(fd, _EDGE_BOTH)
@@ -230,8 +240,6 @@ class FastReactor:
             except FileExistsError:
                 self._epoll.modify(fd, _EDGE_BOTH)
             self._registered.add(fd)
-        self._callbacks.pop(fd, None)
-        self._following[fd] = fn
 
     def forget(self, fd: int) -> None:
         """Drop the watch of a socket about to be closed (closing removes it from the
@@ -239,6 +247,7 @@ class FastReactor:
         self._callbacks.pop(fd, None)
         self._following.pop(fd, None)
         self._registered.discard(fd)
+        self._edge.discard(fd)
 
     # -- sockets lent to checks
 
@@ -277,6 +286,7 @@ class FastReactor:
             idle.append(sock)
             return
         self._registered.discard(fd)
+        self._edge.discard(fd)
         sock.close()
 
     def _ready(self) -> None:
