@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes as ct
 import socket
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -47,6 +47,8 @@ GLOBAL_COUNTERS = (
     "ct_busy",
     "ct_evicted",
     "lc_second",
+    "pass_bad_ipv6",
+    "drop_ipv6_ext",
 )
 
 
@@ -56,6 +58,26 @@ def be32(addr: IPv4Address | int) -> int:
 
 def be16(port: int) -> int:
     return socket.htons(port)
+
+
+def addr_word(addr: IPv4Address | IPv6Address | None) -> int:
+    """What ``reals[i].addr`` holds for a real server: an IPv4 address (network
+    order), or for IPv6 a 32-bit tag of the address (the XOR of its four words, 1 if
+    that is 0). The program only compares it with what a tracked flow or a template
+    remembered, to notice that an index now holds another server; the IPv6 path never
+    needs the address itself (direct routing rewrites MACs only)."""
+    if addr is None:
+        return 0
+    if isinstance(addr, IPv4Address):
+        return be32(addr)
+    w = np.frombuffer(addr.packed, dtype="<u4")
+    tag = int(w[0] ^ w[1] ^ w[2] ^ w[3])
+    return tag or 1
+
+
+def be128(addr: IPv6Address) -> Any:
+    """An IPv6 address as the program's ``__be32[4]``."""
+    return (ct.c_uint32 * 4).from_buffer_copy(addr.packed)
 
 
 class ServiceKey(ct.Structure):
@@ -130,6 +152,47 @@ class CtSet(ct.Structure):
     ]
 
 
+class ServiceKey6(ct.Structure):
+    _fields_ = [
+        ("vip", ct.c_uint32 * 4),
+        ("port", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8),
+    ]
+
+
+class ServiceInfo6(ct.Structure):
+    _fields_ = [("key", ServiceKey6), ("svc", Service)]
+
+
+class VipKey6(ct.Structure):
+    _fields_ = [("vip", ct.c_uint32 * 4)]
+
+
+class FlowKey6(ct.Structure):
+    _fields_ = [
+        ("saddr", ct.c_uint32 * 4),
+        ("daddr", ct.c_uint32 * 4),
+        ("sport", ct.c_uint16),
+        ("dport", ct.c_uint16),
+        ("proto", ct.c_uint8),
+        ("pad", ct.c_uint8 * 3),
+    ]
+
+
+class CtSet6(ct.Structure):
+    """One set of the IPv6 connection table (ipv6_maps.h struct ct6_set)."""
+
+    _fields_ = [
+        ("seq", ct.c_uint64),
+        ("tick", ct.c_uint32),
+        ("pad", ct.c_uint32),
+        ("stamp", ct.c_uint32 * CT_WAYS),
+        ("key", FlowKey6 * CT_WAYS),
+        ("val", FlowState * CT_WAYS),
+    ]
+
+
 class NatConfig(ct.Structure):
     _fields_ = [
         ("priv_mac", ct.c_uint8 * 6),
@@ -181,6 +244,13 @@ LAYOUTS: dict[str, tuple[Any, Any]] = {
     "nat_config": (U32, NatConfig),
 }
 
+# the IPv6 path's maps (ipv6_maps.h), in programs built with feature ipv6 only
+LAYOUTS6: dict[str, tuple[Any, Any]] = {
+    "services6": (ServiceKey6, Service),
+    "service_info6": (U32, ServiceInfo6),
+    "vips6": (VipKey6, U32),
+    "conntrack6": (U32, CtSet6),
+}
 
 # what the kernel reports for each map of the program (bpf_map_info), to tell whether
 # a pinned map from an earlier program can be adopted as it is
@@ -206,8 +276,12 @@ KINDS = {
     "real_ports": (ARRAY, 0),
     "tx_ports": (DEVMAP, 0),
     "nat_config": (ARRAY, 0),
+    "services6": (HASH, 0),
+    "service_info6": (ARRAY, 0),
+    "vips6": (HASH, 0),
+    "conntrack6": (ARRAY, 0),
 }
-GLOBAL_SLOTS = 24  # GLOBAL_COUNTERS in lb_consts.h
+GLOBAL_SLOTS = 26  # GLOBAL_COUNTERS in lb_consts.h
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,9 +315,13 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "real_ports": sizes.max_reals,
         "tx_ports": 2,
         "nat_config": 1,
+        "services6": sizes.max_services,
+        "service_info6": sizes.max_services,
+        "vips6": sizes.max_services,
+        "conntrack6": ct_sets(sizes),
     }
     out = {}
-    for name, (key, value) in LAYOUTS.items():
+    for name, (key, value) in (LAYOUTS | LAYOUTS6).items():
         kind, flags = KINDS[name]
         out[name] = MapShape(kind, ct.sizeof(key), ct.sizeof(value), entries[name], flags)
     return out
@@ -355,10 +433,13 @@ def fill_ct_sets(n_sets: int, entries: list[tuple[int, FlowKey, FlowState]]) -> 
 class LbMaps:
     """The maps of one loaded program (a ``bcc.BPF``), with typed accessors."""
 
-    def __init__(self, bpf: Any, sizes: Sizes):
+    def __init__(self, bpf: Any, sizes: Sizes, *, ipv6: bool = False):
+        """``ipv6``: the program was built with feature ipv6 (has the IPv6 maps)."""
         self._bpf = bpf
         self.sizes = sizes
-        for name, (key, value) in LAYOUTS.items():
+        self.ipv6 = ipv6
+        layouts = LAYOUTS | LAYOUTS6 if ipv6 else LAYOUTS
+        for name, (key, value) in layouts.items():
             table = bpf[name.encode()]
             leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU maps: one CPU's value
             if ct.sizeof(table.Key) != ct.sizeof(key) or ct.sizeof(leaf) != ct.sizeof(value):
@@ -366,7 +447,7 @@ class LbMaps:
                     f"map {name}: bcc has key/value {ct.sizeof(table.Key)}/{ct.sizeof(leaf)} "
                     f"bytes, maps.py {ct.sizeof(key)}/{ct.sizeof(value)}"
                 )
-        self._t = {name: bpf[name.encode()] for name in LAYOUTS}
+        self._t = {name: bpf[name.encode()] for name in layouts}
         # writes to the maps sync owns (services, VIPs, reals, rings, globals): lets
         # XdpDataplane notice a write that bypassed it, and tests count sync's writes
         self.writes = 0
@@ -427,6 +508,98 @@ class LbMaps:
             )
         return out
 
+    # IPv6 services and VIPs (ipv6_maps.h)
+    def set_service6(
+        self, vip: IPv6Address, port: int, proto: int, value: tuple[int, int, int, Any]
+    ) -> None:
+        """As :meth:`set_service`, into services6 and service_info6 (no hints: the
+        IPv6 path looks the hash up)."""
+        self.writes += 1
+        index, flags, persist_s, _pmask = value
+        key = ServiceKey6(be128(vip), be16(port), proto, 0)
+        svc = Service(index, flags, persist_s, 0)
+        info = self._t["service_info6"]
+        info[info.Key(index)] = _cast(ServiceInfo6(key, svc), info.Leaf)
+        t = self._t["services6"]
+        t[_cast(key, t.Key)] = _cast(svc, t.Leaf)
+
+    def delete_service6(self, vip: IPv6Address, port: int, proto: int) -> None:
+        self.writes += 1
+        t = self._t["services6"]
+        key = ServiceKey6(be128(vip), be16(port), proto, 0)
+        k = _cast(key, t.Key)
+        index = Service.from_buffer_copy(bytes(t[k])).index
+        del t[k]
+        info = self._t["service_info6"]
+        held = ServiceInfo6.from_buffer_copy(bytes(info[info.Key(index)]))
+        if bytes(held.key) == bytes(key):
+            info[info.Key(index)] = info.Leaf()
+
+    def services6(self) -> dict[tuple[IPv6Address, int, int], tuple[int, int, int]]:
+        """Every IPv6 service key with (index, flags, persist_s); the index reads -1
+        when service_info6 does not hold the same service at that index."""
+        if not self.ipv6:
+            return {}
+        out = {}
+        info = self._t["service_info6"]
+        for k, v in self._t["services6"].items():
+            key = ServiceKey6.from_buffer_copy(bytes(k))
+            val = Service.from_buffer_copy(bytes(v))
+            held = None
+            if val.index < self.sizes.max_services:
+                held = ServiceInfo6.from_buffer_copy(bytes(info[info.Key(val.index)]))
+            same = (
+                held is not None and bytes(held.key) == bytes(key) and bytes(held.svc) == bytes(val)
+            )
+            vip = IPv6Address(bytes(key.vip))
+            out[(vip, socket.ntohs(key.port), key.proto)] = (
+                val.index if same else -1,
+                val.flags,
+                val.persist_s,
+            )
+        return out
+
+    def set_vip6(self, vip: IPv6Address, services: int) -> None:
+        self.writes += 1
+        t = self._t["vips6"]
+        t[_cast(VipKey6(be128(vip)), t.Key)] = t.Leaf(services)
+
+    def delete_vip6(self, vip: IPv6Address) -> None:
+        self.writes += 1
+        t = self._t["vips6"]
+        del t[_cast(VipKey6(be128(vip)), t.Key)]
+
+    def vips6(self) -> set[IPv6Address]:
+        if not self.ipv6:
+            return set()
+        return {
+            IPv6Address(bytes(VipKey6.from_buffer_copy(bytes(k)).vip))
+            for k in self._t["vips6"].keys()  # noqa: SIM118 - bcc tables are not dicts
+        }
+
+    def flows6(self) -> dict[tuple, tuple[int, IPv6Address | int]]:
+        """The IPv6 connection table: (saddr, sport, daddr, dport, proto) -> (real
+        index, service index) for every used way."""
+        if not self.ipv6:
+            return {}
+        raw = array_values(self._t["conntrack6"].map_fd, ct.sizeof(CtSet6), ct_sets(self.sizes))
+        out = {}
+        for i in range(len(raw) // ct.sizeof(CtSet6)):
+            s = CtSet6.from_buffer_copy(raw, i * ct.sizeof(CtSet6))
+            for w in range(CT_WAYS):
+                if not s.stamp[w] or not s.val[w].used:
+                    continue
+                k = s.key[w]
+                key = (
+                    IPv6Address(bytes(k.saddr)),
+                    socket.ntohs(k.sport),
+                    IPv6Address(bytes(k.daddr)),
+                    socket.ntohs(k.dport),
+                    k.proto,
+                )
+                out[key] = (s.val[w].real, s.val[w].service)
+        return out
+
     def set_vip(self, vip: IPv4Address, proto: int, services: int) -> None:
         self.writes += 1
         t = self._t["vips"]
@@ -445,13 +618,20 @@ class LbMaps:
         return out
 
     # real servers
-    def set_real(self, index: int, addr: IPv4Address | None, mac: bytes, flags: int) -> None:
+    def set_real(
+        self, index: int, addr: IPv4Address | IPv6Address | None, mac: bytes, flags: int
+    ) -> None:
         self.writes += 1
         if not 0 < index < self.sizes.max_reals:
             raise IndexError(f"real index {index} outside 1..{self.sizes.max_reals - 1}")
         t = self._t["reals"]
-        value = Real(be32(addr) if addr else 0, (ct.c_uint8 * 6)(*mac.ljust(6, b"\0")), flags)
+        value = Real(addr_word(addr), (ct.c_uint8 * 6)(*mac.ljust(6, b"\0")), flags)
         t[t.Key(index)] = _cast(value, t.Leaf)
+
+    def real_word(self, index: int) -> int:
+        """``reals[index].addr`` as stored (:func:`addr_word`)."""
+        t = self._t["reals"]
+        return Real.from_buffer_copy(bytes(t[t.Key(index)])).addr
 
     def real(self, index: int) -> RealEntry:
         t = self._t["reals"]
@@ -631,6 +811,13 @@ class LbMaps:
         zero = bytes(ct.sizeof(CtSet) * ct_sets(self.sizes))
         for name in CT_TABLES:
             self._write_sets(name, zero)
+        if self.ipv6:
+            t = self._t["conntrack6"]
+            n, size = ct_sets(self.sizes), ct.sizeof(CtSet6)
+            for i in range(0, n, 1024):
+                m = min(1024, n - i)
+                keys = (t.Key * m)(*range(i, i + m))
+                t.items_update_batch(keys, (t.Leaf * m).from_buffer_copy(bytes(m * size)))
         self._t["persist"].clear()
         self._t["real_conns"].clear()  # the flows they counted are gone
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from compiler.model import Config, Network, Protocol, Scheduler, VirtualService
 from compiler.source import Span
@@ -124,7 +124,7 @@ class Sizes:
 class RealPlan:
     index: int  # in the reals map, >= 1
     name: str
-    address: IPv4Address
+    address: IPv4Address | IPv6Address
     port: int
     weight: int  # configured
     table_weight: int  # what the Maglev table uses (rr: 1 for weight > 0)
@@ -139,7 +139,7 @@ class RealPlan:
 class ServicePlan:
     index: int
     name: str
-    vip: IPv4Address
+    vip: IPv4Address | IPv6Address
     port: int  # 0: every port of the VIP (fwmark or port-0 persistent service)
     proto: int
     method: Network
@@ -174,14 +174,35 @@ class Plan:
         return tuple(r for s in self.services for r in s.reals)
 
 
-def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address:
-    if isinstance(value, IPv4Address):
+def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address | IPv6Address:
+    """An address the XDP dataplane serves: IPv4, or IPv6 (feature ipv6)."""
+    if isinstance(value, IPv4Address | IPv6Address):
         return value
     raise PlanError(
-        f"{what} {value} is not an IPv4 address",
+        f"{what} {value} is not an IP address",
         span,
-        "the XDP dataplane serves IPv4 addresses; resolve host names in lvs.cf",
+        "the XDP dataplane serves IPv4 and IPv6 addresses; resolve host names in lvs.cf",
     )
+
+
+def _check_ipv6(vs: VirtualService, method: Network, hash_by: str, lc: int) -> None:
+    """What the IPv6 path (bpf/ipv6.h) does so far: direct routing by the flow's hash.
+    Anything else is refused at the line that asks for it, never served the IPv4
+    way."""
+    refuse = None
+    if method is not Network.DIRECT:
+        refuse = (f"{method.value} forwarding", "network")
+    elif vs.persistent:
+        refuse = ("persistence", "persistent")
+    elif hash_by != "flow" or lc:
+        refuse = (f"scheduler {vs.scheduler.value}", "scheduler")
+    if refuse:
+        what, field = refuse
+        raise PlanError(
+            f"virtual {vs.name}: {what} is not done for IPv6 in the XDP dataplane",
+            vs.spans.get(field, vs.span),
+            "IPv6 virtuals take direct routing with rr, wrr, fo or ovf (docs/xdp.md)",
+        )
 
 
 def real_port(nat: bool, service_port: int, vs_port: int, rs_port: int) -> int:
@@ -208,6 +229,8 @@ def _service(
         raise PlanError(f"virtual {vs.name} has no address", span)
     vip = _ipv4(vs.address, f"virtual {vs.name}: address", span)
     hash_by, approx = _HASH[vs.scheduler]
+    if isinstance(vip, IPv6Address):
+        _check_ipv6(vs, method, hash_by, LC_KIND.get(vs.scheduler, 0))
     if approx:
         notes.append(
             PlanNote(
@@ -258,6 +281,13 @@ def _service(
             if not rs.active:
                 continue
             address = _ipv4(rs.address, f"server {rs.name}: address", rs.span)
+            if address.version != vip.version:
+                raise PlanError(
+                    f"virtual {vs.name}: server {rs.name} {address} is not IPv{vip.version} "
+                    f"like the VIP {vip}",
+                    rs.spans.get("address", rs.span),
+                    "direct routing keeps the client's packet: VIP and server share a family",
+                )
             nat = method is Network.NAT
             if port and rs.port != vs.port and not nat:
                 notes.append(
@@ -299,14 +329,29 @@ def _service(
     )
 
 
-def plan(config: Config, sizes: Sizes | None = None) -> Plan:
-    """The XDP dataplane's view of ``config`` (its active virtual services)."""
+def plan(config: Config, sizes: Sizes | None = None, *, ipv6: bool = False) -> Plan:
+    """The XDP dataplane's view of ``config`` (its active virtual services).
+
+    ``ipv6``: take IPv6 virtuals (direct routing, bpf/ipv6.h). Off by default because
+    the callers that drive the maps from run-time state -- the daemon
+    (runtime/backends.py: neighbour table, adoption of pinned reals) and
+    ``lvs-router apply`` -- are IPv4 only so far; the loader API
+    (dataplane.xdp.XdpDataplane), the emitters and the tests ask for it."""
     notes: list[PlanNote] = []
     groups: dict[tuple, list[VirtualService]] = {}
     for vs in config.active_virtuals:
         if vs.address is None:
             raise PlanError(f"virtual {vs.name} has no address", vs.span)
         vip = _ipv4(vs.address, f"virtual {vs.name}: address", vs.span)
+        if vip.version == 6 and not ipv6:
+            raise PlanError(
+                f"virtual {vs.name}: address {vip} is IPv6, which this XDP front end does "
+                "not serve yet",
+                vs.spans.get("address", vs.span),
+                "the XDP loader serves IPv6 direct routing (dataplane.xdp with "
+                "plan(..., ipv6=True), docs/xdp.md); the daemon and `lvs-router apply "
+                "--dataplane xdp` are IPv4 only so far",
+            )
         key = (vip, 0 if vs.is_fwmark else vs.port, PROTO[vs.protocol])
         group = groups.setdefault(key, [])
         if group and not (vs.is_fwmark and group[0].fwmark == vs.fwmark):
@@ -341,6 +386,8 @@ def plan(config: Config, sizes: Sizes | None = None) -> Plan:
             features.add("dh")
         if s.scheduler in LC_KIND:
             features.add("lc")
+        if s.vip.version == 6:
+            features.add("ipv6")
     set_ = (config.tcp_timeout, config.tcpfin_timeout, config.udp_timeout)
     timeouts = tuple(mine or ipvs for mine, ipvs in zip(set_, IPVS_TIMEOUTS, strict=True))
     return Plan(
@@ -379,20 +426,32 @@ def _final(h: int) -> int:
     return h ^ (h >> 16)
 
 
-def _word(addr: IPv4Address) -> int:
-    return int.from_bytes(addr.packed, "little")  # a __be32 as the program loads it
+def _words(addr: IPv4Address | IPv6Address) -> list[int]:
+    """The address as the program loads it: __be32 words read little-endian (one
+    for IPv4, four for IPv6)."""
+    b = addr.packed
+    return [int.from_bytes(b[i : i + 4], "little") for i in range(0, len(b), 4)]
 
 
 def _half(port: int) -> int:
     return int.from_bytes(port.to_bytes(2, "big"), "little")
 
 
-def flow_hash(saddr: IPv4Address, daddr: IPv4Address, sport: int, dport: int, proto: int) -> int:
-    h = _step(HASH_SEED, _word(saddr))
-    h = _step(h, _word(daddr))
+def flow_hash(
+    saddr: IPv4Address | IPv6Address,
+    daddr: IPv4Address | IPv6Address,
+    sport: int,
+    dport: int,
+    proto: int,
+) -> int:
+    """scheduling.h flow_hash (IPv4) and ipv6.h flow_hash6 (IPv6: the same steps over
+    each address's four words)."""
+    h = HASH_SEED
+    for w in _words(saddr) + _words(daddr):
+        h = _step(h, w)
     h = _step(h, (_half(sport) << 16) | _half(dport))
     return _final(_step(h, proto))
 
 
 def addr_hash(addr: IPv4Address) -> int:
-    return _final(_step(HASH_SEED, _word(addr)))
+    return _final(_step(HASH_SEED, _words(addr)[0]))

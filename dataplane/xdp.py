@@ -30,7 +30,7 @@ import numpy as np
 from . import maglev
 from .bpf.render import PIN_DIR, render
 from .libbpf import map_info, map_items, map_update, obj_get, obj_pin
-from .maps import CT_TABLES, HASH, LRU_HASH, LbMaps, MapShape, Real, be32, shapes
+from .maps import CT_TABLES, HASH, LAYOUTS6, LRU_HASH, LbMaps, MapShape, Real, addr_word, shapes
 from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, ServicePlan
 
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -68,6 +68,7 @@ _CONTENT = {
     "service_stats": "per-service counters",
     "real_stats": "per-real-server counters",
     "global_stats": "global counters",
+    "conntrack6": "IPv6 tracked flows",
 }
 
 
@@ -171,6 +172,7 @@ class XdpDataplane:
         maps are adopted whatever their shape, never replaced."""
         self.plan = plan
         self.pin_dir = pin_dir
+        self._ipv6 = "ipv6" in (plan.features if features is None else features)
         old: dict[str, tuple[int, MapShape]] = {}
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)
@@ -181,7 +183,7 @@ class XdpDataplane:
         try:
             self.bpf = BPF(text=self.text.encode())
             self.fn = self.bpf.load_func(PROGRAM.encode(), BPF.XDP)
-            self.maps = LbMaps(self.bpf, plan.sizes)
+            self.maps = LbMaps(self.bpf, plan.sizes, ipv6=self._ipv6)
             self.replaced = self._carry_over(old)
         finally:
             for fd, _shape in old.values():
@@ -220,6 +222,8 @@ class XdpDataplane:
         unpinned maps until the new one replaces it."""
         misfits = {}
         for name, want in shapes(self.plan.sizes).items():
+            if name in LAYOUTS6 and not self._ipv6:
+                continue  # this program has no IPv6 maps: leave a pinned one alone
             path = Path(pin_dir) / name
             if not path.exists():
                 continue
@@ -396,6 +400,8 @@ class XdpDataplane:
             if have is None:  # first sync: what the maps hold (maybe adopted)
                 e = m.real(r.index)
                 have = (e.addr, e.mac, e.flags)
+                if r.address.version == 6 and m.real_word(r.index) == addr_word(r.address):
+                    have = (r.address, e.mac, e.flags)  # reals holds a tag of it
             if have != entry:
                 writes.append((r.index, entry))
         self._write_reals(writes)
@@ -438,7 +444,7 @@ class XdpDataplane:
         t = self.bpf[b"reals"]
         keys = np.array([index for index, _entry in writes], dtype=np.uint32).tobytes()
         values = b"".join(
-            bytes(Real(be32(addr), (ct.c_uint8 * 6)(*mac), flags))
+            bytes(Real(addr_word(addr), (ct.c_uint8 * 6)(*mac), flags))
             for _index, (addr, mac, flags) in writes
         )
         t.items_update_batch(
@@ -453,8 +459,11 @@ class XdpDataplane:
         """Services and VIPs as the plan says (after the tables, so that no packet
         finds a service whose table is not written yet)."""
         m = self.maps
+        self._sync_services6()
         wanted = {}
         for svc in self.plan.services:
+            if svc.vip.version == 6:
+                continue
             key = (svc.vip, svc.port, svc.proto)
             wanted[key] = (svc.index, svc.flags, svc.persist_s, svc.pmask)
         present = m.services()
@@ -470,6 +479,31 @@ class XdpDataplane:
             m.delete_vip(vip, proto)
         for key in set(present) - set(wanted):
             m.delete_service(*key)
+
+    def _sync_services6(self) -> None:
+        """The IPv6 services and VIPs (services6, service_info6, vips6), as
+        :meth:`_sync_services` does for IPv4."""
+        m = self.maps
+        if not m.ipv6:
+            return
+        wanted = {
+            (svc.vip, svc.port, svc.proto): (svc.index, svc.flags, svc.persist_s)
+            for svc in self.plan.services
+            if svc.vip.version == 6
+        }
+        present = m.services6()
+        for key, value in wanted.items():
+            if present.get(key) != value:
+                m.set_service6(*key, (*value, None))
+        vips: dict = {}
+        for vip, _port, _proto in wanted:
+            vips[vip] = vips.get(vip, 0) + 1
+        for vip, n in vips.items():
+            m.set_vip6(vip, n)
+        for vip in m.vips6() - set(vips):
+            m.delete_vip6(vip)
+        for key in set(present) - set(wanted):
+            m.delete_service6(*key)
 
     # network = nat
     def configure_nat(

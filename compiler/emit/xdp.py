@@ -20,7 +20,7 @@ def _plan(config: Config, target: str):
     from dataplane.plan import PlanError, plan
 
     try:
-        return plan(config)
+        return plan(config, ipv6=True)
     except PlanError as err:
         raise EmitError(target, err.message, err.span, err.help) from None
 
@@ -39,7 +39,7 @@ def notes(config: Config) -> list[str]:
     from dataplane.plan import PlanError, plan
 
     try:
-        return [n.render() for n in plan(config).notes]
+        return [n.render() for n in plan(config, ipv6=True).notes]
     except PlanError:
         return []  # the emitter itself reports it, with its line
 

@@ -1,3 +1,9 @@
+{#- Rendered twice by render.py: ct/ct_set/flow_key (IPv4, 4 x __u32 key words) and,
+    with feature ipv6, ct6/ct6_set/flow_key6 (5 x __u64): one source, two tables. -#}
+{% macro kload(src) %}{{ word }} {% for i in range(words) %}k{{ i }} = kw[{{ i }}]{{ ", " if not loop.last }}{% endfor %}{% endmacro %}
+{% macro kargs() %}{% for i in range(words) %}, k{{ i }}{% endfor %}{% endmacro %}
+{% macro kwargs() %}{% for i in range(words) %}, kw[{{ i }}]{% endfor %}{% endmacro %}
+{% if ct == "ct" %}
 /* conntrack.h: the connection table, a set-associative cache of flows in a BPF array.
  *
  * conntrack (and nat_rev, NAT's reply keys) is an array of CT_SETS sets of CT_WAYS
@@ -47,24 +53,25 @@ LB_INLINE __u32 ct_hash(const struct flow_key *k)
 #define CT_READ_TRIES 3
 #define CT_WRITE_TRIES 4
 
-LB_INLINE bool ct_key_eq(const struct flow_key *a, __u32 k0, __u32 k1, __u32 k2, __u32 k3)
+{% endif %}
+LB_INLINE bool {{ ct }}_key_eq(const struct {{ key }} *a{% for i in range(words) %}, {{ word }} k{{ i }}{% endfor %})
 {
-    const __u32 *w = (const __u32 *)a;
-    return w[0] == k0 && w[1] == k1 && w[2] == k2 && w[3] == k3;
+    const {{ word }} *w = (const {{ word }} *)a;
+    return {% for i in range(words) %}{{ " && " if i }}w[{{ i }}] == k{{ i }}{% endfor %};
 }
 
 /* The way of set b holding key k (its value copied to *out), or CT_MISS. */
-LB_INLINE int ct_find(struct ct_set *b, const struct flow_key *k, struct flow_state *out)
+LB_INLINE int {{ ct }}_find(struct {{ set }} *b, const struct {{ key }} *k, struct flow_state *out)
 {
-    const __u32 *kw = (const __u32 *)k;
-    __u32 k0 = kw[0], k1 = kw[1], k2 = kw[2], k3 = kw[3];
+    const {{ word }} *kw = (const {{ word }} *)k;
+    {{ kload() }};
     for (int attempt = 0; attempt < CT_READ_TRIES; attempt++) {
         __u64 s1 = *(volatile __u64 *)&b->seq;
         CT_BARRIER();
         int way = CT_MISS;
 #pragma unroll
         for (int i = 0; i < CT_WAYS; i++) {
-            if (ct_key_eq(&b->key[i], k0, k1, k2, k3)) {
+            if ({{ ct }}_key_eq(&b->key[i]{{ kargs() }})) {
                 way = i;
                 break;
             }
@@ -82,23 +89,23 @@ LB_INLINE int ct_find(struct ct_set *b, const struct flow_key *k, struct flow_st
 }
 
 /* the set's next tick: never 0, which marks a free way */
-LB_INLINE __u32 ct_tick(const struct ct_set *b)
+LB_INLINE __u32 {{ ct }}_tick(const struct {{ set }} *b)
 {
     __u32 t = b->tick + 1;
     return t ? t : 1;
 }
 
 /* a packet of the entry at `way`: most recently used in its set */
-LB_INLINE void ct_touch(struct ct_set *b, int way)
+LB_INLINE void {{ ct }}_touch(struct {{ set }} *b, int way)
 {
-    __u32 t = ct_tick(b);
+    __u32 t = {{ ct }}_tick(b);
     b->tick = t;
     b->stamp[way & (CT_WAYS - 1)] = t;
 }
 
 /* take set b's sequence lock (seq even -> odd); false when other CPUs held it
  * throughout CT_WRITE_TRIES attempts */
-LB_INLINE bool ct_lock(struct ct_set *b)
+LB_INLINE bool {{ ct }}_lock(struct {{ set }} *b)
 {
     for (int attempt = 0; attempt < CT_WRITE_TRIES; attempt++) {
         __u64 s = *(volatile __u64 *)&b->seq;
@@ -111,14 +118,14 @@ LB_INLINE bool ct_lock(struct ct_set *b)
 /* Insert (or replace) key k with value v in set b: the way already holding k, else a
  * free way, else the least recently used. Returns the way, or CT_MISS when other
  * CPUs held the set throughout (G_CT_BUSY). */
-LB_INLINE int ct_insert(struct ct_set *b, const struct flow_key *k, const struct flow_state *v)
+LB_INLINE int {{ ct }}_insert(struct {{ set }} *b, const struct {{ key }} *k, const struct flow_state *v)
 {
-    if (!ct_lock(b))
+    if (!{{ ct }}_lock(b))
         return verdict(G_CT_BUSY, CT_MISS);
     CT_BARRIER();
-    const __u32 *kw = (const __u32 *)k;
-    __u32 k0 = kw[0], k1 = kw[1], k2 = kw[2], k3 = kw[3];
-    __u32 tick = ct_tick(b);
+    const {{ word }} *kw = (const {{ word }} *)k;
+    {{ kload() }};
+    __u32 tick = {{ ct }}_tick(b);
     int same = CT_MISS, free = CT_MISS, oldest = 0;
     __u32 oldest_age = 0;
 #pragma unroll
@@ -127,7 +134,7 @@ LB_INLINE int ct_insert(struct ct_set *b, const struct flow_key *k, const struct
         if (!stamp) {
             if (free == CT_MISS)
                 free = i;
-        } else if (ct_key_eq(&b->key[i], k0, k1, k2, k3)) {
+        } else if ({{ ct }}_key_eq(&b->key[i]{{ kargs() }})) {
             same = i;
         } else if (tick - stamp > oldest_age) {
             oldest_age = tick - stamp;
@@ -142,11 +149,10 @@ LB_INLINE int ct_insert(struct ct_set *b, const struct flow_key *k, const struct
     if (feature_lc() && b->stamp[way] && b->val[way].used == CT_COUNTED)
         lc_release(b->val[way].real);
     __builtin_memcpy(&b->val[way], v, sizeof(*v));
-    __u32 *kd = (__u32 *)&b->key[way];
-    kd[0] = k0;
-    kd[1] = k1;
-    kd[2] = k2;
-    kd[3] = k3;
+    {{ word }} *kd = ({{ word }} *)&b->key[way];
+{% for i in range(words) %}
+    kd[{{ i }}] = k{{ i }};
+{% endfor %}
     b->val[way].used = feature_lc() && v->used == CT_COUNTED ? CT_COUNTED : CT_USED;
     b->stamp[way] = tick;
     b->tick = tick;
@@ -159,16 +165,16 @@ LB_INLINE int ct_insert(struct ct_set *b, const struct flow_key *k, const struct
  * the set's lock, only if the way still holds k and is still CT_COUNTED, so that a
  * count is released once however many CPUs see such packets. When the lock is busy
  * the count stays until the entry is replaced or evicted. */
-LB_INLINE void ct_uncount(struct ct_set *b, int way, const struct flow_key *k)
+LB_INLINE void {{ ct }}_uncount(struct {{ set }} *b, int way, const struct {{ key }} *k)
 {
-    if (!ct_lock(b))
+    if (!{{ ct }}_lock(b))
         return;
     CT_BARRIER();
-    const __u32 *kw = (const __u32 *)k;
+    const {{ word }} *kw = (const {{ word }} *)k;
     way &= CT_WAYS - 1;
     __u32 id = 0;
     if (b->stamp[way] && b->val[way].used == CT_COUNTED &&
-        ct_key_eq(&b->key[way], kw[0], kw[1], kw[2], kw[3])) {
+        {{ ct }}_key_eq(&b->key[way]{{ kwargs() }})) {
         b->val[way].used = CT_USED;
         id = b->val[way].real;
     }

@@ -37,6 +37,7 @@
 /* helpers return an XDP verdict, or this to say "keep going" */
 #define FURTHER_PROCESSING -1
 #define NAT_ICMP -2 /* parse_packet: ICMP, and the build has NAT: maybe an error to translate */
+#define IPV6_PACKET -3 /* parse_packet: IPv6, and the build has feature ipv6 (ipv6.h) */
 
 /* struct service.flags */
 #define SVC_F_TUNNEL   (1u << 0) /* IPIP to the real server; otherwise direct routing */
@@ -86,7 +87,9 @@
 #define G_CT_BUSY           21 /* connection-table set held by another CPU's insert too long */
 #define G_CT_EVICTED        22 /* a new entry replaced the least recently used one of a full set */
 #define G_LC_SECOND         23 /* lc family: new flow sent to the second candidate (less loaded) */
-#define GLOBAL_COUNTERS     24
+#define G_PASS_BAD_IPV6     24 /* truncated IPv6 header, version != 6, payload beyond the frame */
+#define G_DROP_IPV6_EXT     25 /* IPv6 extension header (not a fragment) on a packet to a VIP */
+#define GLOBAL_COUNTERS     26
 
 /* tx_ports slots (NAT) */
 #define NAT_TX_PRIVATE 0

@@ -354,6 +354,8 @@ int lb_nat_return(struct xdp_md *ctx)
     int v = parse_packet(data, data_end, &p);
     if (v == NAT_ICMP)
         return nat_icmp(ctx, false);
+    if (feature_ipv6() && v == IPV6_PACKET)
+        return verdict(G_PASS_NOT_IPV4, XDP_PASS); /* no IPv6 NAT: the stack's */
     if (v != FURTHER_PROCESSING)
         return v;
     __u32 zero = 0;

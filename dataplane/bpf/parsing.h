@@ -1,6 +1,7 @@
 /* parsing.h: Ethernet/IPv4/TCP/UDP parsing with bounds checks, and the defined
  * answer for every packet that is not a clean IPv4 TCP/UDP packet to a VIP:
  *   not IPv4 (ARP, IPv6, VLAN-tagged, truncated Ethernet)  -> XDP_PASS
+ *     (IPv6 -> IPV6_PACKET when the build has feature ipv6: ipv6.h decides)
  *   IPv4 header truncated, version != 4, IHL < 5, total
  *   length beyond the frame                                  -> XDP_PASS (the stack drops it)
  *   neither TCP nor UDP (ICMP, ...)                          -> XDP_PASS
@@ -38,8 +39,11 @@ LB_INLINE int parse_packet(void *data, void *data_end, struct packet *p)
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > data_end)
         return verdict(G_PASS_NOT_IPV4, XDP_PASS);
-    if (eth->h_proto != LB_HTONS(ETH_P_IP))
+    if (eth->h_proto != LB_HTONS(ETH_P_IP)) {
+        if (feature_ipv6() && eth->h_proto == LB_HTONS(ETH_P_IPV6))
+            return IPV6_PACKET; /* lb_ingress6 (ipv6.h) parses it */
         return verdict(G_PASS_NOT_IPV4, XDP_PASS);
+    }
 
     struct iphdr *iph = (void *)(eth + 1);
     if ((void *)(iph + 1) > data_end)

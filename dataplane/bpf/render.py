@@ -19,7 +19,15 @@ HEADERS = (
     "conntrack.h",
     "encap.h",
     "nat.h",
+    "ipv6_maps.h",
+    "ipv6.h",
 )
+# conntrack.h is a template: the IPv4 table, and (feature ipv6) the IPv6 one, from one
+# source (key words loaded into registers and compared one by one)
+CONNTRACK = {
+    "conntrack.h": {"ct": "ct", "set": "ct_set", "key": "flow_key", "word": "__u32", "words": 4},
+    "conntrack6": {"ct": "ct6", "set": "ct6_set", "key": "flow_key6", "word": "__u64", "words": 5},
+}
 PIN_DIR = "/sys/fs/bpf/lvs-router"
 CT_WAYS = 8  # flows per set of the connection table (conntrack.h)
 
@@ -50,8 +58,8 @@ def defines(sizes: Sizes) -> list[tuple[str, int]]:
 
 
 @cache
-def _template() -> jinja2.Template:
-    env = jinja2.Environment(
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
         loader=jinja2.FileSystemLoader(HERE),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -59,12 +67,19 @@ def _template() -> jinja2.Template:
         lstrip_blocks=True,
         autoescape=False,
     )
-    return env.get_template("lb.bpf.c.j2")
+
+
+@cache
+def _template() -> jinja2.Template:
+    return _env().get_template("lb.bpf.c.j2")
 
 
 @cache
 def _headers() -> dict[str, str]:
-    return {name: (HERE / name).read_text() for name in HEADERS}
+    out = {name: (HERE / name).read_text() for name in HEADERS if name != "conntrack.h"}
+    for name, args in CONNTRACK.items():
+        out[name] = _env().get_template("conntrack.h").render(**args)
+    return out
 
 
 def render(

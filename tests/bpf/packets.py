@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import struct
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 ETH_IP = 0x0800
+ETH_IP6 = 0x86DD
 TCP, UDP, ICMP = 6, 17, 1
 SYN, ACK, RST, PSH = 0x02, 0x10, 0x04, 0x08
 DIRECTOR_MAC = bytes.fromhex("020000000001")
@@ -63,7 +64,42 @@ def ipv4(
 
 
 def _pseudo(src: str, dst: str, proto: int, length: int) -> bytes:
+    if ip_address(src).version == 6:  # RFC 8200 8.1
+        return (
+            IPv6Address(src).packed + IPv6Address(dst).packed + struct.pack("!IxxxB", length, proto)
+        )
     return IPv4Address(src).packed + IPv4Address(dst).packed + struct.pack("!BBH", 0, proto, length)
+
+
+def ipv6(
+    src: str,
+    dst: str,
+    nh: int,
+    payload: bytes,
+    *,
+    hlim: int = 64,
+    version: int = 6,
+    payload_len: int | None = None,
+    flow: int = 0,
+) -> bytes:
+    """An IPv6 header (next header ``nh``) and its payload."""
+    length = len(payload) if payload_len is None else payload_len
+    first = (version << 28) | flow
+    return (
+        struct.pack("!IHBB", first, length, nh, hlim)
+        + IPv6Address(src).packed
+        + IPv6Address(dst).packed
+        + payload
+    )
+
+
+def tcp6_packet(src, dst, sport, dport, flags=SYN, payload=b"", hlim=64) -> bytes:
+    l4 = tcp(src, dst, sport, dport, flags, payload)
+    return eth(ipv6(src, dst, TCP, l4, hlim=hlim), ethertype=ETH_IP6)
+
+
+def udp6_packet(src, dst, sport, dport, payload=b"ping") -> bytes:
+    return eth(ipv6(src, dst, UDP, udp(src, dst, sport, dport, payload)), ethertype=ETH_IP6)
 
 
 def tcp(src, dst, sport, dport, flags=SYN, payload=b"", seq=1000, doff=5) -> bytes:

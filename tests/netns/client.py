@@ -31,8 +31,12 @@ SCRIPT = str(Path(__file__).resolve())
 _held: dict[int, socket.socket] = {}
 
 
+def _family(c: dict) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in c["dst"] else socket.AF_INET
+
+
 def _tcp(c: dict) -> tuple[socket.socket, int, str]:
-    s = socket.socket()
+    s = socket.socket(_family(c))
     s.settimeout(c.get("timeout", 5))
     try:
         if c.get("src"):
@@ -87,10 +91,10 @@ def _many(c: dict) -> list[list]:
 def _udp(c: dict) -> list:
     out: list = []
     for _ in range(c["n"]):
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u = socket.socket(_family(c), socket.SOCK_DGRAM)
         u.settimeout(c.get("timeout", 5))
         try:
-            u.bind((c.get("src") or "0.0.0.0", 0))
+            u.bind((c.get("src") or ("::" if ":" in c["dst"] else "0.0.0.0"), 0))
             u.sendto(b"q", (c["dst"], c["port"]))
             answer = u.recv(100).decode()
         except OSError:

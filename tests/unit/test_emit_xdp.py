@@ -115,3 +115,53 @@ def test_fwmark_note_at_each_virtual_sharing_the_mark() -> None:
     notes = [n for n in plan(compile_text("m.cf", cf).config).notes if "fwmark" in n.message]
     assert [str(n.span) for n in notes] == ["m.cf:6:2", "m.cf:17:2"]
     assert all("virtual a and b: fwmark 7 is matched as every tcp port" in n.message for n in notes)
+
+
+V6 = (
+    "network = {net}\nvirtual v6 {{\n active = 1\n address = 2001:2::10 eth0\n port = 80\n"
+    " scheduler = {sched}\n{extra} server s {{\n  address = {rip}\n  active = 1\n }}\n}}\n"
+)
+
+
+def _v6(net="direct", sched="wrr", extra="", rip="2001:2:1::1"):
+    return compile_text("v6.cf", V6.format(net=net, sched=sched, extra=extra, rip=rip)).config
+
+
+def test_ipv6_direct_routing_is_compiled_in_with_its_own_path() -> None:
+    text = emit("xdp", _v6())
+    assert "LB_INLINE bool feature_ipv6(void) { return 1; }" in text
+    assert "LB_INLINE int lb_ingress6(struct xdp_md *ctx)" in text
+    assert "ct6_find(struct ct6_set *b, const struct flow_key6 *k" in text
+    doc = json.loads(emit("xdp-maps", _v6()))
+    assert doc["features"] == ["direct", "ipv6"]
+    assert doc["services"][0]["key"] == {"vip": "2001:2::10", "port": 80, "proto": 6}
+    # an IPv4-only program has no trace of it
+    v4 = emit("xdp", compile_file(str(ROOT / "tests/bpf/lb.cf")).config)
+    assert "feature_ipv6(void) { return 0; }" in v4 and "conntrack6" not in v4
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"net": "tunnel"}, "tunnel forwarding is not done for IPv6"),
+        ({"net": "nat"}, "nat forwarding is not done for IPv6"),
+        ({"extra": " persistent = 60\n"}, "persistence is not done for IPv6"),
+        ({"sched": "sh"}, "scheduler sh is not done for IPv6"),
+        ({"sched": "wlc"}, "scheduler wlc is not done for IPv6"),
+        ({"rip": "198.18.1.1"}, "server s 198.18.1.1 is not IPv6 like the VIP"),
+    ],
+)
+def test_what_ipv6_does_not_do_yet_is_refused_at_its_line(kw: dict, words: str) -> None:
+    from dataplane.plan import PlanError
+
+    with pytest.raises(PlanError, match=words) as err:
+        plan(_v6(**kw), ipv6=True)
+    assert err.value.span is not None
+
+
+def test_the_daemons_plan_refuses_ipv6_at_the_address_line() -> None:
+    from dataplane.plan import PlanError
+
+    with pytest.raises(PlanError, match="address 2001:2::10 is IPv6") as err:
+        plan(_v6())
+    assert err.value.span is not None and err.value.span.line == 4

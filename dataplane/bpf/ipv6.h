@@ -1,0 +1,198 @@
+/* ipv6.h: the IPv6 path (feature ipv6), entered from lb_ingress when parse_packet
+ * sees Ethernet type 0x86dd; the IPv4 path is not touched by it. Direct routing only
+ * (plan.py refuses other methods, persistence, sh/dh and the lc family on an IPv6
+ * virtual). Every packet that is not a clean IPv6 TCP/UDP packet to a VIP:
+ *   truncated header, version != 6, payload length beyond the frame -> XDP_PASS
+ *                                                      (pass_bad_ipv6: the stack drops it)
+ *   ICMPv6 (neighbour discovery ...), any other next header          -> XDP_PASS
+ *   not to a VIP's address, protocol and port                        -> XDP_PASS
+ *   to a VIP: fragment header                                        -> XDP_DROP (drop_fragment)
+ *   to a VIP: any other extension header (hop-by-hop, routing,
+ *     destination options, AH, mobility, HIP, shim6, experimental)   -> XDP_DROP (drop_ipv6_ext)
+ *   to a VIP: truncated TCP/UDP header, TCP data offset < 5          -> XDP_DROP (drop_bad_l4)
+ * We do not walk extension headers: nothing with one is ever forwarded. The hop
+ * limit is not looked at (direct routing does not route: the real server is on the
+ * link, as for IPv4, where the TTL is left alone too). */
+
+LB_INLINE int odd_packet6(const struct ipv6hdr *ip6, __u32 slot)
+{
+    struct vip_key6 vk;
+    __builtin_memcpy(vk.vip, &ip6->daddr, sizeof(vk.vip));
+    if (!vips6.lookup(&vk))
+        return verdict(G_PASS_NOT_VIP, XDP_PASS);
+    return verdict(slot, XDP_DROP);
+}
+
+/* next header values that are IPv6 extension headers (RFC 8200 and the IANA list);
+ * 44, the fragment header, is told apart by the caller */
+LB_INLINE bool ipv6_ext_header(__u8 nh)
+{
+    return nh == 0 || nh == 43 || nh == 44 || nh == 51 || nh == 60 || nh == 135 ||
+           nh == 139 || nh == 140 || nh == 253 || nh == 254;
+}
+
+LB_INLINE int parse6(void *data, void *data_end, struct packet6 *p)
+{
+    struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+    if ((void *)(ip6 + 1) > data_end)
+        return verdict(G_PASS_BAD_IPV6, XDP_PASS);
+    if (ip6->version != 6)
+        return verdict(G_PASS_BAD_IPV6, XDP_PASS);
+    if ((void *)(ip6 + 1) + LB_NTOHS(ip6->payload_len) > data_end)
+        return verdict(G_PASS_BAD_IPV6, XDP_PASS);
+    __u8 nh = ip6->nexthdr;
+    if (nh != IPPROTO_TCP && nh != IPPROTO_UDP) {
+        if (nh == 44)
+            return odd_packet6(ip6, G_DROP_FRAGMENT);
+        if (ipv6_ext_header(nh))
+            return odd_packet6(ip6, G_DROP_IPV6_EXT);
+        return verdict(G_PASS_NOT_VIP, XDP_PASS); /* ICMPv6, ESP, no next header ... */
+    }
+    __builtin_memcpy(p->flow.saddr, &ip6->saddr, 16);
+    __builtin_memcpy(p->flow.daddr, &ip6->daddr, 16);
+    p->flow.proto = nh;
+    p->len = data_end - data;
+    if (nh == IPPROTO_TCP) {
+        struct tcphdr *th = (void *)(ip6 + 1);
+        if ((void *)(th + 1) > data_end || th->doff < 5)
+            return odd_packet6(ip6, G_DROP_BAD_L4);
+        p->flow.sport = th->source;
+        p->flow.dport = th->dest;
+        p->tcp_flags = ((__u8 *)th)[13];
+    } else {
+        struct udphdr *uh = (void *)(ip6 + 1);
+        if ((void *)(uh + 1) > data_end)
+            return odd_packet6(ip6, G_DROP_BAD_L4);
+        p->flow.sport = uh->source;
+        p->flow.dport = uh->dest;
+    }
+    return FURTHER_PROCESSING;
+}
+
+/* the set of a key in conntrack6: a multiply per 64-bit word and a fold (maps.ct6_hash) */
+LB_INLINE __u32 ct6_hash(const struct flow_key6 *k)
+{
+    const __u64 *w = (const __u64 *)k;
+    __u64 h = (w[0] * 0x9e3779b97f4a7c15ull) ^ (w[1] * 0xc2b2ae3d27d4eb4full) ^
+              (w[2] * 0x165667b19e3779f9ull) ^ (w[3] * 0xd6e8feb86659fd93ull) ^
+              (w[4] * 0xff51afd7ed558ccdull);
+    h ^= h >> 32;
+    h *= 0x165667b19e3779f9ull;
+    return h >> 32;
+}
+
+/* Maglev's hash of an IPv6 flow: flow_hash's Murmur3 steps over the four words of
+ * each address, the ports and the protocol (plan.flow_hash for IPv6 addresses) */
+LB_INLINE __u32 flow_hash6(const struct flow_key6 *f)
+{
+    __u32 h = HASH_SEED;
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        h = hash_step(h, f->saddr[i]);
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        h = hash_step(h, f->daddr[i]);
+    h = hash_step(h, ((__u32)f->sport << 16) | f->dport);
+    return hash_final(hash_step(h, f->proto));
+}
+
+LB_INLINE bool addr6_eq(const __be32 *a, const __be32 *b)
+{
+    return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
+}
+
+/* the IPv6 service a packet is for: (VIP, port, protocol), then port 0 */
+LB_INLINE struct service *find_service6(const struct packet6 *p)
+{
+    struct service_key6 key = {.port = p->flow.dport, .proto = p->flow.proto};
+    __builtin_memcpy(key.vip, p->flow.daddr, sizeof(key.vip));
+    struct service *svc = services6.lookup(&key);
+    if (!svc && feature_any_port()) {
+        key.port = 0;
+        svc = services6.lookup(&key);
+    }
+    return svc;
+}
+
+LB_INLINE bool service_matches6(const struct service_key6 *k, const struct packet6 *p)
+{
+    return addr6_eq(k->vip, p->flow.daddr) && k->proto == p->flow.proto &&
+           (k->port == p->flow.dport || k->port == 0);
+}
+
+/* what an IPv6 service may ask for: direct routing by the flow's hash */
+#define SVC6_UNSUPPORTED                                                                  \
+    (SVC_F_TUNNEL | SVC_F_NAT | SVC_F_PERSIST | SVC_F_HASH_SRC | SVC_F_HASH_DST | SVC_LC_MASK)
+
+LB_INLINE int forward6(void *data, void *data_end, const struct real *r)
+{
+    int v = forward_direct(data, data_end, r);
+    if (v == XDP_TX)
+        count(G_TX);
+    return v;
+}
+
+LB_INLINE int lb_ingress6(struct xdp_md *ctx)
+{
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    struct packet6 p = {};
+    int v = parse6(data, data_end, &p);
+    if (v != FURTHER_PROCESSING)
+        return v;
+    struct packet acc = {.len = p.len}; /* account() reads the length only */
+
+    __u32 set_index = CT_SET(ct6_hash(&p.flow));
+    struct ct6_set *set = conntrack6.lookup(&set_index);
+    if (!set)
+        return XDP_ABORTED;
+
+    /* 1. a tracked flow keeps its real server (a SYN always starts a new flow) */
+    struct service *svc = 0;
+    bool tcp = p.flow.proto == IPPROTO_TCP;
+    bool ct_missed = false;
+    if (!(tcp && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN)) {
+        struct flow_state st;
+        int way = ct6_find(set, &p.flow, &st);
+        if (way != CT_MISS) {
+            __u32 sid = st.service;
+            struct service_info6 *si = service_info6.lookup(&sid);
+            if (si && service_matches6(&si->key, &p)) {
+                svc = &si->svc;
+                __u32 cid = st.real;
+                struct real *cr = reals.lookup(&cid);
+                if (real_usable(cr, st.addr)) {
+                    count(G_CT_HIT);
+                    ct6_touch(set, way);
+                    account(svc->index, cid, &acc, false);
+                    return forward6(data, data_end, cr);
+                }
+                count(G_RESCHEDULED);
+            }
+        } else if (tcp) {
+            ct_missed = true;
+        }
+    }
+
+    /* 2. otherwise the service and its Maglev table decide */
+    if (!svc) {
+        svc = find_service6(&p);
+        if (!svc)
+            return verdict(G_PASS_NOT_VIP, XDP_PASS);
+        if (ct_missed)
+            count(G_CT_MISS_NON_SYN);
+    }
+    if (!feature_direct() || (svc->flags & SVC6_UNSUPPORTED))
+        return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
+    __u32 fh = flow_hash6(&p.flow);
+    __u32 id = table_lookup(svc, 0, fh);
+    struct real *r = id ? reals.lookup(&id) : 0;
+    if (!r || !r->addr || (r->flags & REAL_F_FAILED))
+        return verdict(G_DROP_NO_REAL, XDP_DROP);
+    account(svc->index, id, &acc, true);
+    if (!(tcp && (p.tcp_flags & TCP_RST))) {
+        struct flow_state fresh = {.real = id, .addr = r->addr, .service = svc->index, .hash = fh};
+        ct6_insert(set, &p.flow, &fresh); /* G_CT_BUSY: the next packet schedules it again */
+    }
+    return forward6(data, data_end, r);
+}

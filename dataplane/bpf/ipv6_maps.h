@@ -1,0 +1,53 @@
+/* ipv6_maps.h: the IPv6 path's structs and maps (feature ipv6 only; maps.py mirrors
+ * the structs). An IPv6 service shares everything that is indexed, not keyed, with
+ * IPv4: its index (service_stats, rings), its reals (real_stats; reals[i].addr holds
+ * a 32-bit tag of the IPv6 address, maps.addr_word, so a flow whose index now holds
+ * another server is rescheduled as for IPv4). What is keyed by address has its own
+ * map: services6, service_info6 (checked against a tracked flow), vips6 (odd
+ * packets), and conntrack6, the IPv6 connection table (conntrack.h rendered for
+ * struct flow_key6: same geometry, same LRU and sequence lock). */
+
+struct service_key6 {         /* services6: (VIP, port, protocol); port 0 = all ports */
+    __be32 vip[4];
+    __be16 port;
+    __u8 proto;
+    __u8 pad;
+};
+
+struct service_info6 {        /* service_info6[index]: the IPv6 service that index holds */
+    struct service_key6 key;
+    struct service svc;
+};
+
+struct vip_key6 {             /* vips6: is this address a VIP (any protocol)? */
+    __be32 vip[4];
+};
+
+struct flow_key6 {            /* 40 bytes: five 64-bit words for the table's compares */
+    __be32 saddr[4];
+    __be32 daddr[4];
+    __be16 sport;
+    __be16 dport;
+    __u8 proto;
+    __u8 pad[3];
+} __attribute__((aligned(8)));
+
+struct ct6_set {              /* as struct ct_set, with IPv6 keys: 624 bytes */
+    __u64 seq;
+    __u32 tick;
+    __u32 pad;
+    __u32 stamp[CT_WAYS];
+    struct flow_key6 key[CT_WAYS];
+    struct flow_state val[CT_WAYS];
+};
+
+struct packet6 {              /* what parse6 found; not shared with Python */
+    struct flow_key6 flow;
+    __u32 len;
+    __u8 tcp_flags;
+};
+
+LB_MAP("hash", struct service_key6, struct service, services6, MAX_SERVICES, 0);
+LB_MAP("array", __u32, struct service_info6, service_info6, MAX_SERVICES, 0);
+LB_MAP("hash", struct vip_key6, __u32, vips6, MAX_SERVICES, 0);
+LB_MAP("array", __u32, struct ct6_set, conntrack6, CT_SETS, 0);

@@ -1,0 +1,189 @@
+"""Live IPv6 traffic through the XDP load balancer: direct routing on veths, native
+XDP, the IPv6 twin of test_xdp_live.py's direct-routing tests.
+
+One L2 segment (a bridge in its own namespace) joins a client, the director and three
+real servers, all in 2001:2:0:20::/64 (RFC 5180's benchmarking range). The director
+holds the VIP on eth0, so it answers the client's neighbour solicitations (our program
+passes ICMPv6 to its stack) and runs our XDP program there; the real servers hold the
+VIP on ``lo`` (/128, ``nodad``: no duplicate address detection to wait for) and answer
+the client directly. IPv6 answers neighbour solicitations only for addresses of the
+receiving interface, so the VIP on ``lo`` needs no ``arp_ignore`` twin. Every
+connection's real server is predicted from the loader's Maglev table and
+``plan.flow_hash`` over the IPv6 5-tuple.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from ipaddress import IPv6Address
+
+import pytest
+
+from compiler import compile_text
+from dataplane.plan import Plan, ServicePlan, Sizes, flow_hash, plan
+from dataplane.xdp import RealState, XdpDataplane
+from tests.netns.topo import Netns, Topology, ask, inside, start_client
+from tests.netns.xdp_lab import DrSegment, link_mac, pass_on_switch
+
+pytestmark = pytest.mark.netns
+
+NET = "2001:2:0:20::"
+VIP = f"{NET}100"
+DIRECTOR = f"{NET}1"
+CLIENT = f"{NET}2"
+REALS = {"rs1": (f"{NET}11", 1), "rs2": (f"{NET}12", 2), "rs3": (f"{NET}13", 3)}
+TCP, UDP = 6, 17
+
+SERVER = "  server {name} {{\n    address = {addr}\n    active = 1\n    weight = {w}\n  }}\n"
+SERVERS = "".join(SERVER.format(name=n, addr=a, w=w) for n, (a, w) in REALS.items())
+CONFIG = f"""network = direct
+virtual web6 {{
+  active = 1
+  address = {VIP} eth0
+  port = 80
+  scheduler = wrr
+{SERVERS}}}
+virtual dns6 {{
+  active = 1
+  address = {VIP} eth0
+  port = 53
+  protocol = udp
+  scheduler = wrr
+  send = "x"
+  expect = "y"
+{SERVERS}}}
+"""
+
+
+def addr6(ns: Netns, dev: str, cidr: str) -> None:
+    """An IPv6 address usable at once (no duplicate address detection)."""
+    ns.ip("-6", "addr", "add", cidr, "dev", dev, "nodad")
+
+
+def segment6(t: Topology) -> DrSegment:
+    sw = t.netns("switch")
+    t.bridge(sw)
+    client, lb = t.netns("client"), t.netns("director")
+    t.veth(client, "eth0", sw, "client")
+    t.veth(lb, "eth0", sw, "director")
+    for port in ("client", "director"):
+        t.attach(sw, port)
+    addr6(client, "eth0", f"{CLIENT}/64")
+    client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
+    addr6(lb, "eth0", f"{DIRECTOR}/64")
+    addr6(lb, "eth0", f"{VIP}/128")
+    spaces = {}
+    for name, (addr, _w) in REALS.items():
+        rs = spaces[name] = t.netns(name)
+        t.veth(rs, "eth0", sw, name)
+        t.attach(sw, name)
+        addr6(rs, "eth0", f"{addr}/64")
+        addr6(rs, "lo", f"{VIP}/128")
+    return DrSegment(sw, client, lb, spaces)
+
+
+@dataclass
+class Lab:
+    dp: XdpDataplane
+    plan: Plan
+    macs: dict[IPv6Address, bytes]
+    client: subprocess.Popen
+    state: dict[int, RealState] = field(default_factory=dict)
+
+    def ask(self, **command: object) -> object:
+        return ask(self.client, **command)
+
+    def service(self, name: str) -> ServicePlan:
+        return next(s for s in self.plan.services if s.name == name)
+
+    def sync(self, state: dict[int, RealState]) -> None:
+        self.state = state
+        self.dp.sync(self.macs, state)
+
+    def expected(self, svc: ServicePlan, sport: int) -> str:
+        h = flow_hash(IPv6Address(CLIENT), svc.vip, sport, svc.port, svc.proto)
+        rid = int(self.dp.table(svc, self.state)[h % self.plan.sizes.ring_size])
+        return next(r for r in svc.reals if r.index == rid).name
+
+    def new_flows(self, svc: ServicePlan) -> dict[str, int]:
+        return {r.name: self.dp.maps.real_counters(r.index).new_flows for r in svc.reals}
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[Lab]:
+    result = compile_text("live6.cf", CONFIG)
+    assert result.ok, result.diagnostics
+    sizes = Sizes(max_services=8, max_reals=16, ct_size=4093, persist_size=1021)
+    p = plan(result.config, sizes, ipv6=True)
+    assert "ipv6" in p.features
+    dp = XdpDataplane(p, pin_dir=None)
+    with Topology("xdp-v6") as t:
+        seg = segment6(t)
+        macs = {}
+        for name, rs in seg.reals.items():
+            t.serve(rs, name=name, tcp=[80], udp=[53], bind="::")
+            macs[IPv6Address(REALS[name][0])] = link_mac(rs)
+        with pass_on_switch(seg):
+            dp.sync(macs)
+            with inside(seg.director):
+                assert dp.attach("eth0") == "native"
+            lab = Lab(dp, p, macs, start_client(seg.client))
+            # Warm up neighbour discovery (the client's for the VIP, each real's for
+            # the client, link-local DAD on fresh veths): a SYN whose answer waits
+            # for it is retransmitted, and a SYN always counts a new flow.
+            names = lab.ask(op="names", dst=VIP, port=80, n=30, tolerant=True, timeout=10)
+            assert {"rs1", "rs2", "rs3"} <= set(names)
+            yield lab
+    dp.close()
+
+
+@pytest.fixture
+def lab(built: Lab) -> Lab:
+    built.sync({})
+    built.dp.maps.clear_flows()
+    return built
+
+
+def test_many_connections_each_reach_the_predicted_real(lab: Lab) -> None:
+    web = lab.service("web6")
+    before = lab.new_flows(web)
+    conns = lab.ask(op="many", dst=VIP, port=80, n=240)
+    assert len(conns) == 240
+    got = [name for _sport, name in conns]
+    assert got == [lab.expected(web, sport) for sport, _ in conns]
+    counts = Counter(got)
+    assert set(counts) == {"rs1", "rs2", "rs3"}
+    after = lab.new_flows(web)
+    assert {n: after[n] - before[n] for n in after} == dict(counts)
+    g = lab.dp.maps.global_counters()
+    assert g["tx"] > 240 * 3  # SYN, ACK, data, FIN ... of each, all by XDP_TX
+
+
+def test_udp_datagrams_follow_the_table(lab: Lab) -> None:
+    dns = lab.service("dns6")
+    answers = lab.ask(op="udp", dst=VIP, port=53, n=120, ports=True)
+    assert [n for _s, n in answers] == [lab.expected(dns, s) for s, _n in answers]
+    assert len({n for _s, n in answers}) == 3
+
+
+def test_quiesced_server_keeps_its_open_connection_and_gets_no_new_ones(lab: Lab) -> None:
+    web = lab.service("web6")
+    sport, name = lab.ask(op="hold", dst=VIP, port=80)
+    assert name == lab.expected(web, sport)
+    quiesced = next(r for r in web.reals if r.name == name)
+    lab.sync({quiesced.index: RealState(weight=0)})
+    packets = lab.dp.maps.real_counters(quiesced.index).packets
+    for i in range(5):  # a moved flow would meet a server without the socket: RST
+        assert lab.ask(op="echo", sport=sport, data=f"still-{i}") == f"still-{i}"
+    assert lab.dp.maps.real_counters(quiesced.index).packets >= packets + 5
+    flow = (IPv6Address(CLIENT), sport, IPv6Address(VIP), 80, TCP)
+    assert lab.dp.maps.flows6()[flow][0] == quiesced.index
+    conns = lab.ask(op="many", dst=VIP, port=80, n=90)
+    names = [n for _s, n in conns]
+    assert name not in names
+    assert names == [lab.expected(web, s) for s, _n in conns]
+    assert lab.ask(op="echo", sport=sport, data="last") == "last"
+    lab.ask(op="close", sport=sport)
