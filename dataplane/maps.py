@@ -250,6 +250,7 @@ LAYOUTS6: dict[str, tuple[Any, Any]] = {
     "service_info6": (U32, ServiceInfo6),
     "vips6": (VipKey6, U32),
     "conntrack6": (U32, CtSet6),
+    "reals6": (U32, ct.c_uint32 * 4),
 }
 
 # what the kernel reports for each map of the program (bpf_map_info), to tell whether
@@ -280,6 +281,7 @@ KINDS = {
     "service_info6": (ARRAY, 0),
     "vips6": (HASH, 0),
     "conntrack6": (ARRAY, 0),
+    "reals6": (ARRAY, 0),
 }
 GLOBAL_SLOTS = 26  # GLOBAL_COUNTERS in lb_consts.h
 
@@ -319,6 +321,7 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "service_info6": sizes.max_services,
         "vips6": sizes.max_services,
         "conntrack6": ct_sets(sizes),
+        "reals6": sizes.max_reals,
     }
     out = {}
     for name, (key, value) in (LAYOUTS | LAYOUTS6).items():
@@ -558,6 +561,15 @@ class LbMaps:
                 val.persist_s,
             )
         return out
+
+    def set_real6(self, index: int, addr: IPv6Address) -> None:
+        """reals6[index]: an IPv6 real's address (the IP6IP6 outer destination)."""
+        t = self._t["reals6"]
+        t[t.Key(index)] = _cast(be128(addr), t.Leaf)
+
+    def real6(self, index: int) -> IPv6Address:
+        t = self._t["reals6"]
+        return IPv6Address(bytes(t[t.Key(index)]))
 
     def set_vip6(self, vip: IPv6Address, services: int) -> None:
         self.writes += 1

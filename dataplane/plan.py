@@ -186,11 +186,12 @@ def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address | IPv6Addr
 
 
 def _check_ipv6(vs: VirtualService, method: Network, hash_by: str, lc: int) -> None:
-    """What the IPv6 path (bpf/ipv6.h) does so far: direct routing by the flow's hash.
+    """What the IPv6 path (bpf/ipv6.h) does so far: direct routing and IP6IP6 by the
+    flow's hash.
     Anything else is refused at the line that asks for it, never served the IPv4
     way."""
     refuse = None
-    if method is not Network.DIRECT:
+    if method is Network.NAT:
         refuse = (f"{method.value} forwarding", "network")
     elif vs.persistent:
         refuse = ("persistence", "persistent")
@@ -201,7 +202,7 @@ def _check_ipv6(vs: VirtualService, method: Network, hash_by: str, lc: int) -> N
         raise PlanError(
             f"virtual {vs.name}: {what} is not done for IPv6 in the XDP dataplane",
             vs.spans.get(field, vs.span),
-            "IPv6 virtuals take direct routing with rr, wrr, fo or ovf (docs/xdp.md)",
+            "IPv6 virtuals take direct routing or tunnel with rr, wrr, fo or ovf (docs/xdp.md)",
         )
 
 

@@ -436,6 +436,9 @@ class XdpDataplane:
         it back means waiting for the busy health-check loop: 10,000 of them took
         seconds."""
         m, known = self.maps, self._reals
+        for index, (addr, _mac, _flags) in writes:
+            if addr.version == 6:  # its full address first (ipv6.h forward_tunnel6)
+                m.set_real6(index, addr)
         if len(writes) < _BATCH_REALS:
             for index, entry in writes:
                 m.set_real(index, *entry)

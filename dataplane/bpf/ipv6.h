@@ -1,7 +1,7 @@
 /* ipv6.h: the IPv6 path (feature ipv6), entered from lb_ingress when parse_packet
- * sees Ethernet type 0x86dd; the IPv4 path is not touched by it. Direct routing only
- * (plan.py refuses other methods, persistence, sh/dh and the lc family on an IPv6
- * virtual). Every packet that is not a clean IPv6 TCP/UDP packet to a VIP:
+ * sees Ethernet type 0x86dd; the IPv4 path is not touched by it. Direct routing and
+ * IP6IP6 tunnelling (plan.py refuses NAT, persistence, sh/dh and the lc family on an
+ * IPv6 virtual). Every packet that is not a clean IPv6 TCP/UDP packet to a VIP:
  *   truncated header, version != 6, payload length beyond the frame -> XDP_PASS
  *                                                      (pass_bad_ipv6: the stack drops it)
  *   ICMPv6 (neighbour discovery ...), any other next header          -> XDP_PASS
@@ -120,13 +120,61 @@ LB_INLINE bool service_matches6(const struct service_key6 *k, const struct packe
            (k->port == p->flow.dport || k->port == 0);
 }
 
-/* what an IPv6 service may ask for: direct routing by the flow's hash */
+/* what an IPv6 service may ask for: direct routing or IP6IP6 by the flow's hash */
 #define SVC6_UNSUPPORTED                                                                  \
-    (SVC_F_TUNNEL | SVC_F_NAT | SVC_F_PERSIST | SVC_F_HASH_SRC | SVC_F_HASH_DST | SVC_LC_MASK)
+    (SVC_F_NAT | SVC_F_PERSIST | SVC_F_HASH_SRC | SVC_F_HASH_DST | SVC_LC_MASK)
 
-LB_INLINE int forward6(void *data, void *data_end, const struct real *r)
+/* IP6IP6 (next header 41, RFC 2473) to real id: outer source the VIP (the inner
+ * destination), outer destination reals6[id], traffic class copied, flow label the
+ * flow hash's low 20 bits (so that the real server's NIC spreads flows over its
+ * queues, as IPv4's varied outer source does), hop limit 64; Ethernet towards the
+ * next hop. A frame that would exceed MAX_TUNNEL_FRAME is dropped (drop_too_big). */
+LB_INLINE int forward_tunnel6(struct xdp_md *ctx, __u32 id, const struct real *r, __u32 hash)
 {
-    int v = forward_direct(data, data_end, r);
+    void *data = (void *)(long)ctx->data;
+    void *data_end = (void *)(long)ctx->data_end;
+    if (data_end - data + sizeof(struct ipv6hdr) > MAX_TUNNEL_FRAME)
+        return verdict(G_DROP_TOO_BIG, XDP_DROP);
+    struct real6 *r6 = reals6.lookup(&id);
+    if (!r6)
+        return verdict(G_DROP_ENCAP, XDP_DROP);
+    struct ethhdr *old = data;
+    if ((void *)(old + 1) > data_end)
+        return verdict(G_DROP_ENCAP, XDP_DROP);
+    __u8 our_mac[ETH_ALEN];
+    __builtin_memcpy(our_mac, old->h_dest, ETH_ALEN);
+
+    if (bpf_xdp_adjust_head(ctx, 0 - (int)sizeof(struct ipv6hdr)))
+        return verdict(G_DROP_ENCAP, XDP_DROP);
+    data = (void *)(long)ctx->data;
+    data_end = (void *)(long)ctx->data_end;
+    struct ethhdr *eth = data;
+    struct ipv6hdr *outer = (void *)(eth + 1);
+    struct ipv6hdr *inner = (void *)(outer + 1);
+    if ((void *)(inner + 1) > data_end)
+        return verdict(G_DROP_ENCAP, XDP_DROP);
+
+    __builtin_memcpy(eth->h_dest, r->mac, ETH_ALEN);
+    __builtin_memcpy(eth->h_source, our_mac, ETH_ALEN);
+    eth->h_proto = LB_HTONS(ETH_P_IPV6);
+    __u32 tclass = ((__u32)inner->priority << 4) | (inner->flow_lbl[0] >> 4);
+    *(__be32 *)outer = __builtin_bswap32((6u << 28) | (tclass << 20) | (hash & 0xfffff));
+    outer->payload_len = LB_HTONS(LB_NTOHS(inner->payload_len) + sizeof(struct ipv6hdr));
+    outer->nexthdr = 41;
+    outer->hop_limit = 64;
+    __builtin_memcpy(&outer->saddr, &inner->daddr, sizeof(outer->saddr));
+    __builtin_memcpy(&outer->daddr, r6->addr, sizeof(outer->daddr));
+    return XDP_TX;
+}
+
+LB_INLINE int forward6(struct xdp_md *ctx, const struct service *svc, __u32 id,
+                       const struct real *r, __u32 hash)
+{
+    int v;
+    if (svc->flags & SVC_F_TUNNEL)
+        v = forward_tunnel6(ctx, id, r, hash);
+    else
+        v = forward_direct((void *)(long)ctx->data, (void *)(long)ctx->data_end, r);
     if (v == XDP_TX)
         count(G_TX);
     return v;
@@ -165,7 +213,7 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
                     count(G_CT_HIT);
                     ct6_touch(set, way);
                     account(svc->index, cid, &acc, false);
-                    return forward6(data, data_end, cr);
+                    return forward6(ctx, svc, cid, cr, st.hash);
                 }
                 count(G_RESCHEDULED);
             }
@@ -182,7 +230,8 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
         if (ct_missed)
             count(G_CT_MISS_NON_SYN);
     }
-    if (!feature_direct() || (svc->flags & SVC6_UNSUPPORTED))
+    if ((svc->flags & SVC6_UNSUPPORTED) ||
+        ((svc->flags & SVC_F_TUNNEL) ? !feature_tunnel() : !feature_direct()))
         return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
     __u32 fh = flow_hash6(&p.flow);
     __u32 id = table_lookup(svc, 0, fh);
@@ -194,5 +243,5 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
         struct flow_state fresh = {.real = id, .addr = r->addr, .service = svc->index, .hash = fh};
         ct6_insert(set, &p.flow, &fresh); /* G_CT_BUSY: the next packet schedules it again */
     }
-    return forward6(data, data_end, r);
+    return forward6(ctx, svc, id, r, fh);
 }

@@ -41,6 +41,11 @@ struct ct6_set {              /* as struct ct_set, with IPv6 keys: 624 bytes */
     struct flow_state val[CT_WAYS];
 };
 
+struct real6 {                /* reals6[index]: an IPv6 real's address (the IP6IP6 outer
+                                 destination; reals[index] has the rest) */
+    __be32 addr[4];
+};
+
 struct packet6 {              /* what parse6 found; not shared with Python */
     struct flow_key6 flow;
     __u32 len;
@@ -51,3 +56,4 @@ LB_MAP("hash", struct service_key6, struct service, services6, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct service_info6, service_info6, MAX_SERVICES, 0);
 LB_MAP("hash", struct vip_key6, __u32, vips6, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct ct6_set, conntrack6, CT_SETS, 0);
+LB_MAP("array", __u32, struct real6, reals6, MAX_REALS, 0);

@@ -4,12 +4,14 @@ and failure, and every IPv6 packet that is not ours or is malformed."""
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
 
 from compiler import compile_file
+from dataplane.decap import Decap
 from dataplane.libbpf import prog_run
 from dataplane.plan import flow_hash, plan
 from dataplane.xdp import RealState, XdpDataplane
@@ -271,5 +273,110 @@ def test_services6_listing(lb: Lb6):
     assert set(lb.dp.maps.services6()) == {
         (IPv6Address(VIP), 80, TCP),
         (IPv6Address(VIP), 53, UDP),
+        (IPv6Address(TUN_VIP), 80, TCP),
     }
-    assert lb.dp.maps.vips6() == {IPv6Address(VIP)}
+    assert lb.dp.maps.vips6() == {IPv6Address(VIP), IPv6Address(TUN_VIP)}
+
+
+TUN_VIP = "2001:2::11"
+
+
+def ip6ip6(inner: bytes, src: str, dst: str, h: int) -> bytes:
+    """The outer header the program builds: version 6, the inner traffic class, the
+    flow hash's low 20 bits as flow label, next header 41, hop limit 64."""
+    tclass = ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
+    first = (6 << 28) | (tclass << 20) | (h & 0xFFFFF)
+    return (
+        struct.pack("!IHBB", first, len(inner), 41, 64)
+        + IPv6Address(src).packed
+        + IPv6Address(dst).packed
+        + inner
+    )
+
+
+def test_ip6ip6_tunnel_exact_bytes(lb: Lb6):
+    seen = set()
+    for sport in range(6000, 6040):
+        pkt = tcp6_packet(CLIENT, TUN_VIP, sport, 80, SYN, payload=b"hello")
+        h = flow_hash(IPv6Address(CLIENT), IPv6Address(TUN_VIP), sport, 80, TCP)
+        svc = lb.service("tun6")
+        rid = int(lb.dp.table(svc, lb.state)[h % lb.plan.sizes.ring_size])
+        r = next(x for x in svc.reals if x.index == rid)
+        res = lb.run(pkt)
+        assert res.retval == XDP_TX
+        want = eth(
+            ip6ip6(pkt[14:], TUN_VIP, str(r.address), h), MACS[r.address], DIRECTOR_MAC, ETH_IP6
+        )
+        assert res.data == want
+        seen.add(r.name)
+        # the tracked flow's next packet gets the same outer header (hash kept in the entry)
+        ack = tcp6_packet(CLIENT, TUN_VIP, sport, 80, ACK)
+        assert lb.run(ack).data == eth(
+            ip6ip6(ack[14:], TUN_VIP, str(r.address), h), MACS[r.address], DIRECTOR_MAC, ETH_IP6
+        )
+    assert seen == {"a", "b"}
+    assert lb.dp.maps.global_counters()["ct_hit"] == 40
+
+
+def test_ip6ip6_keeps_the_traffic_class(lb: Lb6):
+    l4 = tcp(CLIENT, TUN_VIP, 6100, 80, SYN)
+    inner = bytes([0x6B, 0x80]) + ipv6(CLIENT, TUN_VIP, TCP, l4)[2:]  # traffic class 0xb8
+    res = lb.run(eth(inner, ethertype=ETH_IP6))
+    assert res.retval == XDP_TX
+    outer = res.data[14:54]
+    assert ((outer[0] & 0x0F) << 4 | outer[1] >> 4) == 0xB8
+    assert res.data[54:] == inner
+
+
+def test_ip6ip6_frame_above_1514_is_dropped(lb: Lb6):
+    fits = tcp6_packet(CLIENT, TUN_VIP, 6200, 80, SYN, payload=b"x" * 1400)
+    assert len(fits) + 40 == 1514
+    assert lb.run(fits).retval == XDP_TX
+    big = tcp6_packet(CLIENT, TUN_VIP, 6201, 80, SYN, payload=b"x" * 1401)
+    assert lb.run(big).retval == XDP_DROP
+    assert lb.dp.maps.global_counters()["drop_too_big"] == 1
+
+
+@pytest.fixture(scope="module")
+def decap() -> Iterator[Decap]:
+    d = Decap([IPv6Address("2001:2:1::1"), IPv6Address("2001:2:1::2")])
+    yield d
+    d.close()
+
+
+def test_the_real_servers_decap_restores_the_clients_packet(lb: Lb6, decap: Decap):
+    """decap.bpf.c on the real server: the load balancer's IP6IP6 frame comes out as
+    the client's frame (its MACs: the real's and the director's), passed to the stack."""
+    before = decap.counters()
+    for sport in range(6300, 6320):
+        pkt = tcp6_packet(CLIENT, TUN_VIP, sport, 80, SYN, payload=b"hi")
+        tunnelled = lb.run(pkt)
+        assert tunnelled.retval == XDP_TX
+        out = prog_run(decap.prog_fd, tunnelled.data)
+        assert out.retval == XDP_PASS
+        assert out.data == tunnelled.data[:14] + pkt[14:]
+    after = decap.counters()
+    assert after["decapsulated"] - before["decapsulated"] == 20
+    assert decap.endpoints() == {IPv6Address("2001:2:1::1"), IPv6Address("2001:2:1::2")}
+
+
+@pytest.mark.parametrize(
+    ("frame", "counter"),
+    [
+        # IP6IP6 to an address that is not an endpoint
+        (eth(ip6ip6(ipv6(CLIENT, TUN_VIP, TCP, _l4()), TUN_VIP, "2001:2:1::3", 0)), "not_ours"),
+        # plain IPv6 TCP to an endpoint
+        (eth(ipv6(CLIENT, "2001:2:1::1", TCP, _l4()), ethertype=ETH_IP6), "not_ours"),
+        # IP6IP6 to an endpoint with a truncated inner header
+        (eth(ip6ip6(b"\x60" + bytes(20), TUN_VIP, "2001:2:1::1", 0)[:75]), "malformed"),
+        # IP6IP6 to an endpoint whose inner packet is IPv4
+        (eth(ip6ip6(b"\x45" + bytes(39), TUN_VIP, "2001:2:1::1", 0)), "malformed"),
+    ],
+    ids=["other-endpoint", "not-tunnelled", "short-inner", "inner-ipv4"],
+)
+def test_decap_leaves_the_rest_untouched(decap: Decap, frame: bytes, counter: str):
+    frame = frame[:12] + struct.pack("!H", ETH_IP6) + frame[14:]
+    before = decap.counters()[counter]
+    out = prog_run(decap.prog_fd, frame)
+    assert out.retval == XDP_PASS and out.data == frame
+    assert decap.counters()[counter] == before + 1

@@ -23,6 +23,7 @@ from ipaddress import IPv6Address
 import pytest
 
 from compiler import compile_text
+from dataplane.decap import Decap
 from dataplane.plan import Plan, ServicePlan, Sizes, flow_hash, plan
 from dataplane.xdp import RealState, XdpDataplane
 from tests.netns.topo import Netns, Topology, ask, inside, start_client
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.netns
 
 NET = "2001:2:0:20::"
 VIP = f"{NET}100"
+VIP_TUN = f"{NET}101"
 DIRECTOR = f"{NET}1"
 CLIENT = f"{NET}2"
 REALS = {"rs1": (f"{NET}11", 1), "rs2": (f"{NET}12", 2), "rs3": (f"{NET}13", 3)}
@@ -55,6 +57,13 @@ virtual dns6 {{
   send = "x"
   expect = "y"
 {SERVERS}}}
+virtual tun6 {{
+  active = 1
+  address = {VIP_TUN} eth0
+  port = 80
+  network = tunnel
+  scheduler = wrr
+{SERVERS}}}
 """
 
 
@@ -75,6 +84,7 @@ def segment6(t: Topology) -> DrSegment:
     client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
     addr6(lb, "eth0", f"{DIRECTOR}/64")
     addr6(lb, "eth0", f"{VIP}/128")
+    addr6(lb, "eth0", f"{VIP_TUN}/128")
     spaces = {}
     for name, (addr, _w) in REALS.items():
         rs = spaces[name] = t.netns(name)
@@ -82,6 +92,7 @@ def segment6(t: Topology) -> DrSegment:
         t.attach(sw, name)
         addr6(rs, "eth0", f"{addr}/64")
         addr6(rs, "lo", f"{VIP}/128")
+        addr6(rs, "lo", f"{VIP_TUN}/128")
     return DrSegment(sw, client, lb, spaces)
 
 
@@ -90,6 +101,7 @@ class Lab:
     dp: XdpDataplane
     plan: Plan
     macs: dict[IPv6Address, bytes]
+    decap: Decap
     client: subprocess.Popen
     state: dict[int, RealState] = field(default_factory=dict)
 
@@ -120,23 +132,27 @@ def built() -> Iterator[Lab]:
     p = plan(result.config, sizes, ipv6=True)
     assert "ipv6" in p.features
     dp = XdpDataplane(p, pin_dir=None)
+    decap = Decap([IPv6Address(a) for a, _w in REALS.values()])
     with Topology("xdp-v6") as t:
         seg = segment6(t)
         macs = {}
         for name, rs in seg.reals.items():
+            with inside(rs):
+                assert decap.attach("eth0") == "native"
             t.serve(rs, name=name, tcp=[80], udp=[53], bind="::")
             macs[IPv6Address(REALS[name][0])] = link_mac(rs)
         with pass_on_switch(seg):
             dp.sync(macs)
             with inside(seg.director):
                 assert dp.attach("eth0") == "native"
-            lab = Lab(dp, p, macs, start_client(seg.client))
+            lab = Lab(dp, p, macs, decap, start_client(seg.client))
             # Warm up neighbour discovery (the client's for the VIP, each real's for
             # the client, link-local DAD on fresh veths): a SYN whose answer waits
             # for it is retransmitted, and a SYN always counts a new flow.
             names = lab.ask(op="names", dst=VIP, port=80, n=30, tolerant=True, timeout=10)
             assert {"rs1", "rs2", "rs3"} <= set(names)
             yield lab
+    decap.close()
     dp.close()
 
 
@@ -187,3 +203,18 @@ def test_quiesced_server_keeps_its_open_connection_and_gets_no_new_ones(lab: Lab
     assert names == [lab.expected(web, s) for s, _n in conns]
     assert lab.ask(op="echo", sport=sport, data="last") == "last"
     lab.ask(op="close", sport=sport)
+
+
+def test_tcp_through_the_ip6ip6_tunnel_and_the_real_servers_decap(lab: Lab) -> None:
+    tun = lab.service("tun6")
+    before = lab.decap.counters()["decapsulated"]
+    conns = lab.ask(op="many", dst=VIP_TUN, port=80, n=120)
+    names = [n for _s, n in conns]
+    assert names == [lab.expected(tun, s) for s, _n in conns]
+    assert set(names) == {"rs1", "rs2", "rs3"}
+    sport, name = lab.ask(op="hold", dst=VIP_TUN, port=80)
+    assert name == lab.expected(tun, sport)
+    assert lab.ask(op="echo", sport=sport, data="through the tunnel") == "through the tunnel"
+    lab.ask(op="close", sport=sport)
+    # every client packet of those connections was decapsulated (SYN, ACK, data, FIN...)
+    assert lab.decap.counters()["decapsulated"] - before >= 121 * 4

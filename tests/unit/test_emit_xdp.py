@@ -143,7 +143,6 @@ def test_ipv6_direct_routing_is_compiled_in_with_its_own_path() -> None:
 @pytest.mark.parametrize(
     ("kw", "words"),
     [
-        ({"net": "tunnel"}, "tunnel forwarding is not done for IPv6"),
         ({"net": "nat"}, "nat forwarding is not done for IPv6"),
         ({"extra": " persistent = 60\n"}, "persistence is not done for IPv6"),
         ({"sched": "sh"}, "scheduler sh is not done for IPv6"),
@@ -157,6 +156,12 @@ def test_what_ipv6_does_not_do_yet_is_refused_at_its_line(kw: dict, words: str) 
     with pytest.raises(PlanError, match=words) as err:
         plan(_v6(**kw), ipv6=True)
     assert err.value.span is not None
+
+
+def test_ipv6_tunnel_is_planned_with_its_flag() -> None:
+    doc = json.loads(emit("xdp-maps", _v6(net="tunnel")))
+    assert doc["features"] == ["ipv6", "tunnel"]
+    assert doc["services"][0]["value"]["flags"] == ["tunnel"]
 
 
 def test_the_daemons_plan_refuses_ipv6_at_the_address_line() -> None:
