@@ -13,9 +13,11 @@ sets), an established flow and a same-5-tuple SYN with the service on wlc
 and NAT (network = nat, port mapping 80 -> 8080) both ways on an established TCP
 flow: inbound (lb_ingress: rewrite, checksums, redirect) and the reply
 (lb_nat_return: its nat_rev entry, then the flow's conntrack entry, rewrite,
-redirect); then a Maglev rebuild for 100 real servers, "server down -> maps
-updated", and what the daemon pays per health event: a sync of 1,000 real servers
-(50 services x 20) with one server going down.
+redirect); IPv6 direct routing (feature ipv6: an established flow, a same-5-tuple
+SYN) and the IPv4 established flow in that same program; then a Maglev rebuild for
+100 real servers, "server down -> maps updated", and what the daemon pays per
+health event: a sync of 1,000 real servers (50 services x 20) with one server
+going down.
 
 BPF_PROG_RUN with repeat=1 in a loop (the program rewrites packets, and with
 repeat > 1 the kernel would feed it its own output), pinned to one CPU; medians of
@@ -46,9 +48,17 @@ from dataplane import maglev  # noqa: E402
 from dataplane.libbpf import prog_run  # noqa: E402
 from dataplane.plan import Sizes, plan  # noqa: E402
 from dataplane.xdp import RealState, XdpDataplane  # noqa: E402
-from tests.bpf.packets import ACK, SYN, tcp_packet, udp_packet  # noqa: E402
+from tests.bpf.packets import ACK, SYN, tcp6_packet, tcp_packet, udp_packet  # noqa: E402
 
 XDP_PASS, XDP_TX, XDP_REDIRECT = 2, 3, 4
+IPV6_CONFIG = """virtual web6 {
+ active = 1
+ address = 2001:2::10 eth0
+ port = 80
+ scheduler = wrr
+%s}
+"""
+IPV6_SERVER = " server v%d {\n  address = 2001:2:1::%d\n  active = 1\n  weight = %d\n }\n"
 NAT_CONFIG = """network = nat
 nat_router = 198.18.64.254 eth1:1
 virtual web {
@@ -237,6 +247,24 @@ def main() -> int:
     reply = tcp_packet(".".join(map(str, rip)), client, 8080, 40000, ACK)
     nat_fd = nat.nat_fn.fd  # type: ignore[attr-defined]
 
+    # IPv6 direct routing (feature ipv6): web6 next to the IPv4 services, so that the
+    # same program also shows what the IPv4 path pays for having IPv6 compiled in
+    v6_text = (CONFIG % (servers(3), servers(3))) + IPV6_CONFIG % "".join(
+        IPV6_SERVER % (i, i + 1, i + 1) for i in range(3)
+    )
+    v6_plan = plan(
+        compile_text("v6.cf", v6_text).config,
+        Sizes(max_services=4, max_reals=16, ct_size=65521),
+        ipv6=True,
+    )
+    assert "ipv6" in v6_plan.features
+    v6 = XdpDataplane(v6_plan, pin_dir=None)
+    v6.sync({r.address: bytes.fromhex(f"0200000060{r.index:02x}") for r in v6_plan.reals})
+    syn6 = tcp6_packet("2001:2:9::5", "2001:2::10", 40000, 80, SYN)
+    ack6 = tcp6_packet("2001:2:9::5", "2001:2::10", 40000, 80, ACK)
+    prog_run(v6.prog_fd, ack6)  # creates the flow
+    prog_run(v6.prog_fd, ack)
+
     cases = [
         ("empty XDP_PASS program (floor)", empty, [ack], XDP_PASS, True),
         ("MAC-swap XDP_TX program (baseline)", swap, [ack], XDP_TX, True),
@@ -251,6 +279,9 @@ def main() -> int:
         ("established flow, IPIP tunnel", dp.prog_fd, [dns], XDP_TX, False),
         ("NAT inbound, established TCP", nat.prog_fd, [ack], XDP_REDIRECT, False),
         ("NAT return (reply), established TCP", nat_fd, [reply], XDP_REDIRECT, False),
+        ("IPv6 established flow, direct routing", v6.prog_fd, [ack6], XDP_TX, True),
+        ("IPv6 new flow (SYN), same 5-tuple", v6.prog_fd, [syn6], XDP_TX, True),
+        ("IPv4 established, program with IPv6", v6.prog_fd, [ack], XDP_TX, True),
     ]
     best: dict[str, tuple[float, float, float]] = {}
     amort: dict[str, float] = {}
