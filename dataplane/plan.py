@@ -349,7 +349,7 @@ def plan(config: Config, sizes: Sizes | None = None, *, ipv6: bool = False) -> P
                 f"virtual {vs.name}: address {vip} is IPv6, which this XDP front end does "
                 "not serve yet",
                 vs.spans.get("address", vs.span),
-                "the XDP loader serves IPv6 direct routing (dataplane.xdp with "
+                "the XDP loader serves IPv6 direct routing and IP6IP6 (dataplane.xdp with "
                 "plan(..., ipv6=True), docs/xdp.md); the daemon and `lvs-router apply "
                 "--dataplane xdp` are IPv4 only so far",
             )
