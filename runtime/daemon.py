@@ -242,6 +242,7 @@ class Daemon:
             from .metrics import Metrics
 
             self.metrics = Metrics()
+            self.metrics.source = self._status_for_scrape(asyncio.get_running_loop())
             self.metrics.serve(*opts.metrics)
             self.metrics.update(await self.status())
         loop = asyncio.get_running_loop()
@@ -477,8 +478,6 @@ class Daemon:
                             _log(logging.WARNING, "dataplane changed behind our back", change=c)
                 except Exception as err:  # keep ticking: the next tick may succeed
                     _log(logging.WARNING, "dataplane upkeep failed", error=err)
-            if self.metrics is not None and self.metrics.due():
-                self.metrics.update(await self.status(counters_max_age_s=COUNTERS_MAX_AGE_S))
 
     # ------------------------------------------------------------------ reload
 
@@ -599,6 +598,22 @@ class Daemon:
             counters = {}
         self._counters_cache, self._counted = (now, counters), self.config
         return counters
+
+    def _status_for_scrape(self, loop: asyncio.AbstractEventLoop) -> Callable[[], dict[str, Any]]:
+        """What the metrics' scrape thread calls: the status, computed on the event loop
+        (dataplane counters at most COUNTERS_MAX_AGE_S old), waited for from that thread."""
+        from .metrics import SCRAPE_WAIT_S
+
+        def fresh() -> dict[str, Any]:
+            coro = self.status(counters_max_age_s=COUNTERS_MAX_AGE_S)
+            future = asyncio.run_coroutine_threadsafe(coro, loop)
+            try:
+                return future.result(timeout=SCRAPE_WAIT_S)
+            except BaseException:
+                future.cancel()
+                raise
+
+        return fresh
 
     async def status(self, *, counters_max_age_s: float = 0.0) -> dict[str, Any]:
         """The whole state as plain data: what ``lvs-router status`` shows."""

@@ -1,9 +1,12 @@
 """Prometheus metrics of the daemon, on a loopback address (default 127.0.0.1:9539).
 
-The exporter's HTTP thread never touches the daemon's state: the event loop hands it
-the daemon's status (:meth:`Metrics.update`, at most every ``period_s``, see
-:meth:`Metrics.due`) and a custom collector turns the last one into metric families at
-scrape time.
+The exporter's HTTP thread never touches the daemon's state. At scrape time the
+collector asks the daemon's event loop for its status through :attr:`Metrics.source`
+(the loop computes it, the thread waits up to ``SCRAPE_WAIT_S``) and turns it into
+metric families; when the loop cannot answer in time, or has stopped, the last status
+it handed over (:meth:`Metrics.update`) is served instead. So the status of 10,000
+servers (~45 ms) is built once per scrape, and never when nobody scrapes, rather than
+on a timer.
 
 Metrics (labels ``virtual``, ``server``):
 
@@ -22,8 +25,9 @@ Metrics (labels ``virtual``, ``server``):
 
 from __future__ import annotations
 
-import time
+import contextlib
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
@@ -31,6 +35,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 PREFIX = "lvs_router"
 CHECK_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30)
+SCRAPE_WAIT_S = 5.0  # how long a scrape waits for the event loop's status
 
 
 class _Checks:
@@ -54,7 +59,7 @@ class _Collector:
         self.m = metrics
 
     def collect(self):
-        snap = self.m.snapshot or {"virtuals": [], "reloads": {}}
+        snap = self.m.current() or {"virtuals": [], "reloads": {}}
         up = GaugeMetricFamily(
             f"{PREFIX}_server_up", "1 up, 0 down, -1 unchecked", labels=["virtual", "server"]
         )
@@ -138,11 +143,12 @@ def _traffic(families: dict[str, CounterMetricFamily], labels: list[str], c: Any
 
 
 class Metrics:
-    def __init__(self, *, period_s: float = 5.0) -> None:
-        self.period_s = period_s
+    def __init__(self) -> None:
         self.snapshot: dict[str, Any] | None = None
+        # called from the scrape thread for a fresh status (the daemon bridges it to its
+        # event loop); None: serve what update() handed over
+        self.source: Callable[[], dict[str, Any]] | None = None
         self.reloads = {"ok": 0, "failed": 0}
-        self._last = 0.0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         # every check, as it happens (label cardinality: one virtual per service)
@@ -159,12 +165,17 @@ class Metrics:
         started = start_http_server(port, addr=address, registry=self.registry)
         self._server = started[0] if isinstance(started, tuple) else None
 
-    def due(self) -> bool:
-        return time.monotonic() - self._last >= self.period_s
-
     def update(self, status: dict[str, Any]) -> None:
-        self._last = time.monotonic()
         self.snapshot = status  # swapped whole: the scrape thread reads it
+
+    def current(self) -> dict[str, Any] | None:
+        """The status a scrape exports: fresh from :attr:`source` when it answers,
+        otherwise (a busy or stopped loop) the last one handed over."""
+        if self.source is not None:
+            # a scrape must not fail because the loop is busy or gone
+            with contextlib.suppress(Exception):
+                self.update(self.source())
+        return self.snapshot
 
     def observe_check(self, virtual: str, server: str, ok: bool, latency: float | None) -> None:
         c = self.checks.get(virtual)

@@ -239,6 +239,43 @@ def test_metrics_endpoint_serves_states_checks_traffic_and_reloads() -> None:
     assert 'lvs_router_sorry_server_active{virtual="web"} 0.0' in text
 
 
+def test_metrics_scrape_asks_the_source_and_falls_back_to_the_last_status() -> None:
+    """Each scrape takes a fresh status from the source (the daemon's loop); one that
+    raises (a busy or stopped loop) leaves the last status in the answer."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    asked: list[int] = []
+
+    def source() -> dict:
+        asked.append(1)
+        if len(asked) == 2:
+            raise TimeoutError("the loop did not answer")
+        fresh = json.loads(json.dumps(STATUS))
+        fresh["virtuals"][0]["servers"][0]["weight"] = 10 + len(asked)
+        return fresh
+
+    m = Metrics()
+    m.update(STATUS)
+    m.source = source
+    m.serve("127.0.0.1", port)
+
+    def weight() -> str:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read()
+        line = next(
+            x for x in body.decode().splitlines() if x.startswith("lvs_router_server_weight{")
+        )
+        return line.rsplit(" ", 1)[1]
+
+    try:
+        assert weight() == "11.0"  # asked at scrape time
+        assert weight() == "11.0"  # the source failed: the last status
+        assert weight() == "13.0"
+    finally:
+        m.close()
+    assert len(asked) == 3
+
+
 def _cli(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "runtime.daemon_cli", *argv],
