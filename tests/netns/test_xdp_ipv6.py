@@ -14,20 +14,19 @@ connection's real server is predicted from the loader's Maglev table and
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
 import pytest
 
 from compiler import compile_text
 from dataplane.decap import Decap
-from dataplane.plan import Plan, ServicePlan, Sizes, flow_hash, plan
+from dataplane.plan import Sizes, plan
 from dataplane.xdp import RealState, XdpDataplane
-from tests.netns.topo import Netns, Topology, ask, inside, start_client
-from tests.netns.xdp_lab import DrSegment, link_mac, pass_on_switch
+from tests.netns.topo import Topology, inside, start_client
+from tests.netns.xdp_lab import XdpLab as Lab
+from tests.netns.xdp_lab import dr_segment, link_mac, pass_on_switch
 
 pytestmark = pytest.mark.netns
 
@@ -67,63 +66,6 @@ virtual tun6 {{
 """
 
 
-def addr6(ns: Netns, dev: str, cidr: str) -> None:
-    """An IPv6 address usable at once (no duplicate address detection)."""
-    ns.ip("-6", "addr", "add", cidr, "dev", dev, "nodad")
-
-
-def segment6(t: Topology) -> DrSegment:
-    sw = t.netns("switch")
-    t.bridge(sw)
-    client, lb = t.netns("client"), t.netns("director")
-    t.veth(client, "eth0", sw, "client")
-    t.veth(lb, "eth0", sw, "director")
-    for port in ("client", "director"):
-        t.attach(sw, port)
-    addr6(client, "eth0", f"{CLIENT}/64")
-    client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
-    addr6(lb, "eth0", f"{DIRECTOR}/64")
-    addr6(lb, "eth0", f"{VIP}/128")
-    addr6(lb, "eth0", f"{VIP_TUN}/128")
-    spaces = {}
-    for name, (addr, _w) in REALS.items():
-        rs = spaces[name] = t.netns(name)
-        t.veth(rs, "eth0", sw, name)
-        t.attach(sw, name)
-        addr6(rs, "eth0", f"{addr}/64")
-        addr6(rs, "lo", f"{VIP}/128")
-        addr6(rs, "lo", f"{VIP_TUN}/128")
-    return DrSegment(sw, client, lb, spaces)
-
-
-@dataclass
-class Lab:
-    dp: XdpDataplane
-    plan: Plan
-    macs: dict[IPv6Address, bytes]
-    decap: Decap
-    client: subprocess.Popen
-    state: dict[int, RealState] = field(default_factory=dict)
-
-    def ask(self, **command: object) -> object:
-        return ask(self.client, **command)
-
-    def service(self, name: str) -> ServicePlan:
-        return next(s for s in self.plan.services if s.name == name)
-
-    def sync(self, state: dict[int, RealState]) -> None:
-        self.state = state
-        self.dp.sync(self.macs, state)
-
-    def expected(self, svc: ServicePlan, sport: int) -> str:
-        h = flow_hash(IPv6Address(CLIENT), svc.vip, sport, svc.port, svc.proto)
-        rid = int(self.dp.table(svc, self.state)[h % self.plan.sizes.ring_size])
-        return next(r for r in svc.reals if r.index == rid).name
-
-    def new_flows(self, svc: ServicePlan) -> dict[str, int]:
-        return {r.name: self.dp.maps.real_counters(r.index).new_flows for r in svc.reals}
-
-
 @pytest.fixture(scope="module")
 def built() -> Iterator[Lab]:
     result = compile_text("live6.cf", CONFIG)
@@ -134,7 +76,13 @@ def built() -> Iterator[Lab]:
     dp = XdpDataplane(p, pin_dir=None)
     decap = Decap([IPv6Address(a) for a, _w in REALS.values()])
     with Topology("xdp-v6") as t:
-        seg = segment6(t)
+        seg = dr_segment(
+            t,
+            clients=[CLIENT],
+            director=DIRECTOR,
+            vips=[VIP, VIP_TUN],
+            reals={name: addr for name, (addr, _w) in REALS.items()},
+        )
         macs = {}
         for name, rs in seg.reals.items():
             with inside(rs):
@@ -145,7 +93,7 @@ def built() -> Iterator[Lab]:
             dp.sync(macs)
             with inside(seg.director):
                 assert dp.attach("eth0") == "native"
-            lab = Lab(dp, p, macs, decap, start_client(seg.client))
+            lab = Lab(dp, p, macs, start_client(seg.client), CLIENT, decap=decap)
             # Warm up neighbour discovery (the client's for the VIP, each real's for
             # the client, link-local DAD on fresh veths): a SYN whose answer waits
             # for it is retransmitted, and a SYN always counts a new flow.

@@ -14,7 +14,6 @@ candidates are rs1.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -25,10 +24,10 @@ import pytest
 
 from compiler import compile_text
 from dataplane.maps import lc_second_hash
-from dataplane.plan import Plan, RealPlan, ServicePlan, Sizes, flow_hash, plan
+from dataplane.plan import ServicePlan, Sizes, flow_hash, plan
 from dataplane.xdp import RealState, XdpDataplane
-from tests.netns.topo import Topology, ask, inside, start_client
-from tests.netns.xdp_lab import dr_segment, link_mac, pass_on_switch
+from tests.netns.topo import Topology, inside, start_client
+from tests.netns.xdp_lab import XdpLab, dr_segment, link_mac, pass_on_switch
 
 pytestmark = pytest.mark.netns
 
@@ -57,23 +56,7 @@ virtual plain {{
 
 
 @dataclass
-class Lab:
-    topo: Topology
-    dp: XdpDataplane
-    plan: Plan
-    macs: dict[IPv4Address, bytes]
-    client: subprocess.Popen
-
-    def ask(self, **command: object) -> object:
-        return ask(self.client, **command)
-
-    def service(self, name: str) -> ServicePlan:
-        return next(s for s in self.plan.services if s.name == name)
-
-    def real_at(self, svc: ServicePlan, h: int) -> RealPlan:
-        rid = int(self.dp.table(svc, {})[h % self.plan.sizes.ring_size])
-        return next(r for r in svc.reals if r.index == rid)
-
+class Lab(XdpLab):
     def candidates(self, svc: ServicePlan, sport: int) -> tuple[str, str]:
         h = flow_hash(IPv4Address(CLIENT), svc.vip, sport, svc.port, svc.proto)
         return self.real_at(svc, h).name, self.real_at(svc, lc_second_hash(h)).name
@@ -108,7 +91,7 @@ def lab() -> Iterator[Lab]:
             dp.sync(macs)
             with inside(seg.director):
                 assert dp.attach("eth0") == "native"
-            yield Lab(t, dp, p, macs, start_client(seg.client))
+            yield Lab(dp, p, macs, start_client(seg.client), CLIENT)
     dp.close()
 
 

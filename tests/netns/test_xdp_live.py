@@ -16,19 +16,18 @@ once for the module.
 
 from __future__ import annotations
 
-import subprocess
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 import pytest
 
 from compiler import compile_text
 from dataplane.decap import Decap
-from dataplane.plan import Plan, RealPlan, ServicePlan, Sizes, addr_hash, flow_hash, plan
+from dataplane.plan import Sizes, addr_hash, plan
 from dataplane.xdp import RealState, XdpDataplane
-from tests.netns.topo import Topology, ask, inside, start_client
+from tests.netns.topo import Topology, inside, start_client
+from tests.netns.xdp_lab import XdpLab as Lab
 from tests.netns.xdp_lab import dr_segment, link_mac, pass_on_switch
 
 pytestmark = pytest.mark.netns
@@ -75,39 +74,6 @@ virtual tunnelled {{
 """
 
 
-@dataclass
-class Lab:
-    topo: Topology
-    dp: XdpDataplane
-    plan: Plan
-    macs: dict[IPv4Address, bytes]
-    decap: Decap
-    client: subprocess.Popen
-    state: dict[int, RealState] = field(default_factory=dict)
-
-    def ask(self, **command: object) -> object:
-        return ask(self.client, **command)
-
-    def service(self, name: str) -> ServicePlan:
-        return next(s for s in self.plan.services if s.name == name)
-
-    def sync(self, state: dict[int, RealState]) -> None:
-        self.state = state
-        self.dp.sync(self.macs, state)
-
-    def real_at(self, svc: ServicePlan, h: int) -> RealPlan:
-        """The real server the service's table (as the loader wrote it) gives hash h."""
-        rid = int(self.dp.table(svc, self.state)[h % self.plan.sizes.ring_size])
-        return next(r for r in svc.reals if r.index == rid)
-
-    def expected(self, svc: ServicePlan, src: str, sport: int) -> str:
-        h = flow_hash(IPv4Address(src), svc.vip, sport, svc.port, svc.proto)
-        return self.real_at(svc, h).name
-
-    def new_flows(self, svc: ServicePlan) -> dict[str, int]:
-        return {r.name: self.dp.maps.real_counters(r.index).new_flows for r in svc.reals}
-
-
 @pytest.fixture(scope="module")
 def built() -> Iterator[Lab]:
     result = compile_text("live.cf", CONFIG)
@@ -133,7 +99,7 @@ def built() -> Iterator[Lab]:
             dp.sync(macs)
             with inside(seg.director):
                 assert dp.attach("eth0") == "native"
-            yield Lab(t, dp, p, macs, decap, start_client(seg.client))
+            yield Lab(dp, p, macs, start_client(seg.client), CLIENTS[0], decap=decap)
     decap.close()
     dp.close()
 
@@ -151,7 +117,7 @@ def test_many_connections_complete_and_follow_the_weighted_table(lab: Lab) -> No
     conns = lab.ask(op="many", src=CLIENTS[0], dst=VIP, port=80, n=240)
     assert len(conns) == 240
     got = [name for _sport, name in conns]
-    assert got == [lab.expected(web, CLIENTS[0], sport) for sport, _ in conns]
+    assert got == [lab.expected(web, sport, CLIENTS[0]) for sport, _ in conns]
     counts = Counter(got)
     assert set(counts) == {"rs1", "rs2", "rs3"}
     after = lab.new_flows(web)
@@ -167,14 +133,14 @@ def test_many_connections_complete_and_follow_the_weighted_table(lab: Lab) -> No
 def test_udp_datagrams_follow_the_table(lab: Lab) -> None:
     dns = lab.service("dns")
     answers = lab.ask(op="udp", src=CLIENTS[1], dst=VIP, port=53, n=120, ports=True)
-    assert [n for _s, n in answers] == [lab.expected(dns, CLIENTS[1], s) for s, _n in answers]
+    assert [n for _s, n in answers] == [lab.expected(dns, s, CLIENTS[1]) for s, _n in answers]
     assert len({n for _s, n in answers}) == 3
 
 
 def test_quiesced_server_keeps_its_open_connection_and_gets_no_new_ones(lab: Lab) -> None:
     web = lab.service("web")
     sport, name = lab.ask(op="hold", src=CLIENTS[0], dst=VIP, port=80)
-    assert name == lab.expected(web, CLIENTS[0], sport)
+    assert name == lab.expected(web, sport, CLIENTS[0])
     quiesced = next(r for r in web.reals if r.name == name)
     lab.sync({quiesced.index: RealState(weight=0)})
     packets = lab.dp.maps.real_counters(quiesced.index).packets
@@ -186,7 +152,7 @@ def test_quiesced_server_keeps_its_open_connection_and_gets_no_new_ones(lab: Lab
     conns = lab.ask(op="many", src=CLIENTS[0], dst=VIP, port=80, n=90)
     names = [n for _s, n in conns]
     assert name not in names
-    assert names == [lab.expected(web, CLIENTS[0], s) for s, _n in conns]
+    assert names == [lab.expected(web, s, CLIENTS[0]) for s, _n in conns]
     assert lab.ask(op="echo", sport=sport, data="last") == "last"
     lab.ask(op="close", sport=sport)
 
@@ -199,7 +165,7 @@ def test_persistence_sends_each_client_to_one_server(lab: Lab) -> None:
         want = lab.real_at(sticky, addr_hash(IPv4Address(src))).name
         assert [n for _s, n in conns] == [want] * 30
     # without persistence the same source ports would have spread over the servers
-    spread = {lab.expected(sticky, CLIENTS[0], s) for s, _n in conns}
+    spread = {lab.expected(sticky, s, CLIENTS[0]) for s, _n in conns}
     assert len(spread) > 1
     assert lab.dp.maps.global_counters()["persist_hit"] >= 2 * 29
 
@@ -209,10 +175,10 @@ def test_tcp_through_the_ipip_tunnel_and_the_real_servers_decap(lab: Lab) -> Non
     before = lab.decap.counters()["decapsulated"]
     conns = lab.ask(op="many", src=CLIENTS[0], dst=VIP_TUN, port=80, n=120)
     names = [n for _s, n in conns]
-    assert names == [lab.expected(tun, CLIENTS[0], s) for s, _n in conns]
+    assert names == [lab.expected(tun, s, CLIENTS[0]) for s, _n in conns]
     assert set(names) == {"rs1", "rs2", "rs3"}
     sport, name = lab.ask(op="hold", src=CLIENTS[1], dst=VIP_TUN, port=80)
-    assert name == lab.expected(tun, CLIENTS[1], sport)
+    assert name == lab.expected(tun, sport, CLIENTS[1])
     assert lab.ask(op="echo", sport=sport, data="through the tunnel") == "through the tunnel"
     lab.ask(op="close", sport=sport)
     # every client packet of those connections was decapsulated (SYN, ACK, data, FIN...)

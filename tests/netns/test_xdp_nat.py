@@ -20,19 +20,18 @@ program's flow hash, so the assertions are exact per connection."""
 from __future__ import annotations
 
 import socket
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
 from bcc import BPF
 
 from compiler import compile_text
-from dataplane.plan import Plan, ServicePlan, Sizes, flow_hash, plan
+from dataplane.plan import Sizes, plan
 from dataplane.xdp import RealState, XdpDataplane, attach_xdp
-from tests.netns.topo import Netns, Topology, ask, inside, start_client
-from tests.netns.xdp_lab import PASS_PROGRAM, link_mac
+from tests.netns.topo import Netns, Topology, inside, start_client
+from tests.netns.xdp_lab import PASS_PROGRAM, XdpLab, link_mac
 
 pytestmark = pytest.mark.netns
 
@@ -82,29 +81,9 @@ virtual closed {{
 
 
 @dataclass
-class Lab:
-    dp: XdpDataplane
-    plan: Plan
-    macs: dict[IPv4Address, bytes]
-    client: subprocess.Popen
-    director: Netns
-    client_ns: Netns
-    state: dict[int, RealState] = field(default_factory=dict)
-
-    def ask(self, **command: object) -> object:
-        return ask(self.client, **command)
-
-    def service(self, name: str) -> ServicePlan:
-        return next(s for s in self.plan.services if s.name == name)
-
-    def sync(self, state: dict[int, RealState]) -> None:
-        self.state = state
-        self.dp.sync(self.macs, state)
-
-    def expected(self, svc: ServicePlan, sport: int) -> str:
-        h = flow_hash(IPv4Address(CLIENT_ADDR), svc.vip, sport, svc.port, svc.proto)
-        rid = int(self.dp.table(svc, self.state)[h % self.plan.sizes.ring_size])
-        return next(r.name for r in svc.reals if r.index == rid)
+class Lab(XdpLab):
+    director: Netns | None = None
+    client_ns: Netns | None = None
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +132,7 @@ def built() -> Iterator[Lab]:
             assert dp.attach_nat("eth1") == "native"
             assert dp.attach("eth0") == "native"
         proc = start_client(client)
-        yield Lab(dp, p, macs, proc, lb, client)
+        yield Lab(dp, p, macs, proc, CLIENT_ADDR, director=lb, client_ns=client)
     passer.cleanup()
     dp.close()
 

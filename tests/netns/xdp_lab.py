@@ -17,16 +17,59 @@ delivered if the receiving peer runs an XDP program too (native XDP on veth), he
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from ipaddress import ip_address
 
 from bcc import BPF
 
-from dataplane.xdp import attach_xdp
-from tests.netns.topo import Netns, Topology, inside
+from dataplane.decap import Decap
+from dataplane.plan import Plan, RealPlan, ServicePlan, flow_hash
+from dataplane.xdp import RealState, XdpDataplane, attach_xdp
+from tests.netns.topo import Netns, Topology, ask, inside
 
 PASS_PROGRAM = b"int xdp_pass(struct xdp_md *ctx) { return XDP_PASS; }"
+
+
+@dataclass
+class XdpLab:
+    """What a live XDP test module holds: the loader and its plan, the real servers'
+    MACs, the client process (tests/netns/client.py) and the client address it speaks
+    from by default, the run-time state last synced, and the decap program if any."""
+
+    dp: XdpDataplane
+    plan: Plan
+    macs: dict
+    client: subprocess.Popen
+    src: str
+    state: dict[int, RealState] = field(default_factory=dict)
+    decap: Decap | None = None
+
+    def ask(self, **command: object) -> object:
+        return ask(self.client, **command)
+
+    def service(self, name: str) -> ServicePlan:
+        return next(s for s in self.plan.services if s.name == name)
+
+    def sync(self, state: dict[int, RealState]) -> None:
+        self.state = state
+        self.dp.sync(self.macs, state)
+
+    def real_at(self, svc: ServicePlan, h: int) -> RealPlan:
+        """The real server the service's table (as the loader wrote it) gives hash h."""
+        rid = int(self.dp.table(svc, self.state)[h % self.plan.sizes.ring_size])
+        return next(r for r in svc.reals if r.index == rid)
+
+    def expected(self, svc: ServicePlan, sport: int, src: str | None = None) -> str:
+        """The server a new flow from (src or the default client, sport) must reach: the
+        program's flow hash computed in Python, looked up in the same table."""
+        client = ip_address(src or self.src)
+        return self.real_at(svc, flow_hash(client, svc.vip, sport, svc.port, svc.proto)).name
+
+    def new_flows(self, svc: ServicePlan) -> dict[str, int]:
+        return {r.name: self.dp.maps.real_counters(r.index).new_flows for r in svc.reals}
 
 
 @dataclass
@@ -43,6 +86,14 @@ def link_mac(ns: Netns, dev: str = "eth0") -> bytes:
     return bytes.fromhex(link["address"].replace(":", ""))
 
 
+def _addr(ns: Netns, dev: str, address: str, host: bool = False) -> None:
+    """address/24 (or /32 with host), IPv6 /64 (or /128), usable at once (no DAD)."""
+    if ":" in address:
+        ns.ip("-6", "addr", "add", f"{address}/{128 if host else 64}", "dev", dev, "nodad")
+    else:
+        ns.addr(dev, f"{address}/{32 if host else 24}")
+
+
 def dr_segment(
     t: Topology,
     *,
@@ -51,8 +102,9 @@ def dr_segment(
     vips: Sequence[str],
     reals: Mapping[str, str],
 ) -> DrSegment:
-    """The segment above; ``reals`` maps a server's name (its namespace's role) to its
-    address. Servers are not started: each test serves what its config needs."""
+    """The segment above, IPv4 or IPv6 by the addresses given; ``reals`` maps a server's
+    name (its namespace's role) to its address. Servers are not started: each test
+    serves what its config needs."""
     sw = t.netns("switch")
     t.bridge(sw)
     client, lb = t.netns("client"), t.netns("director")
@@ -61,11 +113,11 @@ def dr_segment(
     for port in ("client", "director"):
         t.attach(sw, port)
     for addr in clients:
-        client.addr("eth0", f"{addr}/24")
+        _addr(client, "eth0", addr)
     client.no_tx_offload("eth0")  # its frames cross XDP (checksums in software)
-    lb.addr("eth0", f"{director}/24")
+    _addr(lb, "eth0", director)
     for vip in vips:
-        lb.addr("eth0", f"{vip}/32")
+        _addr(lb, "eth0", vip, host=True)
     spaces = {}
     for name, addr in reals.items():
         rs = spaces[name] = t.netns(name)
@@ -74,9 +126,9 @@ def dr_segment(
         for key, value in (("arp_ignore", 1), ("arp_announce", 2), ("rp_filter", 0)):
             for dev in ("all", "eth0"):
                 rs.sysctl(f"net.ipv4.conf.{dev}.{key}", value)
-        rs.addr("eth0", f"{addr}/24")
+        _addr(rs, "eth0", addr)
         for vip in vips:
-            rs.addr("lo", f"{vip}/32")
+            _addr(rs, "lo", vip, host=True)
     return DrSegment(sw, client, lb, spaces)
 
 
