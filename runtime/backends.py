@@ -469,6 +469,14 @@ class XdpBackend:
         self._applied = (desired, dp)
         return changes
 
+    def kept_out(self) -> set[IPv4Address]:
+        """Real-server addresses the maps hold out of service for want of a MAC (their
+        servers are not in the dataplane, whatever the decision says)."""
+        if self._dp is None:
+            return set()
+        _plan, addresses, _address_of, _static = self._plan_layout(self._dp.plan)
+        return {a for a in addresses if a not in self._macs}
+
     def tick(self) -> list[str]:
         """Follow the neighbour table: a changed or newly learned MAC re-syncs the maps
         (whole: rare). Nothing to read when every real has a static MAC."""

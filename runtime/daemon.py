@@ -213,6 +213,8 @@ class Daemon:
         self.last_reload_error: str | None = None
         self.exit_status = EXIT_OK
         self._dirty = asyncio.Event()
+        # the decision the dataplane last took (a failed apply leaves the one before)
+        self._applied: Any = None
         self._stop = asyncio.Event()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
@@ -422,7 +424,9 @@ class Daemon:
     async def _apply(self) -> list[str]:
         assert self.backend is not None and self.director is not None
         started = time.monotonic()
-        changes = await self._call(self.backend.apply, self.director.desired())
+        desired = self.director.desired()
+        changes = await self._call(self.backend.apply, desired)
+        self._applied = desired  # what status reports as in the dataplane
         for c in changes:
             _log(logging.INFO, "dataplane", change=c)
         took = time.monotonic() - started
@@ -623,6 +627,9 @@ class Daemon:
         unchecked = (None, None, None, None, None)
         counters = await self._counters(counters_max_age_s)
         desired = d.desired()
+        applied = self._applied
+        kept_out = getattr(self.backend, "kept_out", None)
+        no_mac = kept_out() if kept_out is not None else set()
         addresses = _Strings()  # each distinct address formatted once
         virtuals = []
         for vs in config.active_virtuals:
@@ -636,14 +643,17 @@ class Daemon:
                 state = st.health.value
                 if st.health is Health.DOWN and p.present:
                     state = "quiesced"
+                # in the dataplane: as last applied, and with a MAC to forward to
+                held = applied.placements.get(key) if applied is not None else None
+                inside = held is not None and held.present and rs.address not in no_mac
                 rows.append(
                     {
                         "name": rs.name,
                         "address": addresses[rs.address],
                         "port": rs.port,
                         "state": state,
-                        "in_dataplane": p.present,
-                        "weight": p.weight if p.present else None,
+                        "in_dataplane": inside,
+                        "weight": held.weight if inside and held is not None else None,
                         "configured_weight": rs.weight,
                         "reason": st.reason,
                         "crashed": st.crashed,

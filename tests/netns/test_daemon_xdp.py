@@ -222,8 +222,14 @@ def _stop(p: subprocess.Popen) -> None:
 def server_states(status: dict, virtual: str) -> dict[str, str]:
     for vs in status["virtuals"]:
         if vs["name"] == virtual:
+            # "?" while the dataplane has not caught up with a server's verdict yet
+            # (an up server not in it, a down one still in it)
             return {
-                rs["name"]: (rs["state"] if rs["in_dataplane"] or rs["state"] != "up" else "?")
+                rs["name"]: (
+                    "?"
+                    if (rs["state"] == "up") != rs["in_dataplane"] and rs["state"] in ("up", "down")
+                    else rs["state"]
+                )
                 for rs in vs["servers"]
             }
     return {}
