@@ -122,22 +122,20 @@ def _claim(
     nexts = [off for off, _skip in perms]  # each member's slot at j = 0
     owner = array("i", [0]) * size  # position in eligible; valid where claimed
     sparse = max(left - max(int(size * DENSE_AT), 1), 0)  # claims made by walking
-    walked = array("i")
+    claimed = np.flatnonzero(np.frombuffer(full, dtype=np.uint8) == 0)  # all, in the end
     for n in islice(cycle(order), sparse):
         slot, skip = nexts[n], skips[n]
         while full[slot]:
             slot = (slot + skip) % size
         full[slot] = 1
         owner[slot] = n
-        walked.append(slot)
         nexts[n] = (slot + skip) % size
     view = np.frombuffer(owner, dtype=np.int32)
     empties = np.flatnonzero(np.frombuffer(full, dtype=np.uint8) == 0)
     prefs = _Preferences(empties, perms, size, _head(len(empties), weights))
     for slot, n in _turns(prefs, order, sparse % len(order), left - sparse):
         view[slot] = n
-    slots = np.concatenate([np.frombuffer(walked, dtype=np.int32), empties.astype(np.int32)])
-    return slots, view[slots]
+    return claimed, view[claimed]
 
 
 def _fill(members: Sequence[Member], eligible: Sequence[int], size: int) -> np.ndarray:
