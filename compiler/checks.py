@@ -240,7 +240,11 @@ def _scheduling(vs: VirtualService) -> dict[str, str]:
     persistent = max(vs.persistent, 0)  # lvsd passes -p only when positive
     settings = {"scheduler": vs.scheduler.value, "persistent": str(persistent)}
     if persistent:
-        settings["pmask"] = str(vs.pmask or "255.255.255.255")
+        settings["pmask"] = (
+            f"/{vs.pmask6 or 128}"
+            if isinstance(vs.address, IPv6Address)
+            else str(vs.pmask or "255.255.255.255")
+        )
     return settings
 
 
@@ -691,10 +695,11 @@ def fwmark_out_of_range(config: Config, dialect: Dialect) -> Iterator[Diagnostic
 def pmask_without_persistence(config: Config, dialect: Dialect) -> Iterator[Diagnostic]:
     """LVS230: lvsd passes -M only together with -p."""
     for vs in _active(config):
-        if vs.pmask is not None and vs.persistent <= 0:
+        mask = vs.pmask if vs.pmask6 is None else f"/{vs.pmask6}"
+        if mask is not None and vs.persistent <= 0:
             yield make(
                 codes.PMASK_WITHOUT_PERSISTENCE,
-                f"pmask {vs.pmask} has no effect: the service is not persistent, and lvsd "
+                f"pmask {mask} has no effect: the service is not persistent, and lvsd "
                 "passes `-M` only together with `-p`",
                 _at(vs, "pmask"),
                 help="add `persistent = SECONDS` if clients of one network should stick to one "

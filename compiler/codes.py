@@ -43,6 +43,9 @@ HOSTNAME = register("LVS111", "hostname-resolved-at-runtime", N, "a host name, n
 BAD_PMASK = register(
     "LVS113", "invalid-pmask-ignored", W, "pmask is not an address; piranha ignores it"
 )
+PMASK_FAMILY = register(
+    "LVS114", "pmask-wrong-family", E, "a netmask on an IPv6 virtual, or a prefix on an IPv4 one"
+)
 
 # ---- dialect ---------------------------------------------------------------------
 EXTENSION = register(

@@ -88,6 +88,23 @@ def inet_aton(tok: str) -> IPv4Address | None:
         return None
 
 
+_PREFIX_RE = re.compile(r"/?[0-9]{1,3}")
+
+
+@dataclass(frozen=True, slots=True)
+class PmaskWord:
+    """A `pmask` value that may be a prefix length (`64`, `/64`): its meaning depends
+    on the virtual's address family, known only at the end of the block
+    (:func:`_resolve_pmask`). ``mask`` is what piranha's inet_aton makes of it."""
+
+    text: str
+    mask: IPv4Address | None
+
+    @property
+    def prefix(self) -> int:
+        return int(self.text.lstrip("/"))
+
+
 class _Bad(Exception):
     """A statement is rejected; carries the diagnostic."""
 
@@ -277,6 +294,8 @@ def _value(ctx: _Ctx, kw: Keyword, line: Line) -> Any:
         return ip
     if k is Kind.PMASK:
         ip = inet_aton(tok)
+        if _PREFIX_RE.fullmatch(tok):  # a prefix length: which one the address tells
+            return PmaskWord(tok, ip)
         if ip is None:
             ctx.diags.append(
                 make(
@@ -563,6 +582,8 @@ def _service(ctx: _Ctx, block: Block) -> VirtualService:
         else:
             lines.append(item)
     _statements(ctx, VIRTUAL, lines, fields, spans, {})
+    if "pmask" in spans:
+        _resolve_pmask(ctx, block, fields, spans["pmask"])
     if block.unclosed_at_eof:
         _unclosed(ctx, block)
     fields["single_quoted"] = frozenset(fields.get("single_quoted", ()))
@@ -573,6 +594,76 @@ def _service(ctx: _Ctx, block: Block) -> VirtualService:
         span=line_span(ctx.file, block.header),
         spans=LineSpans(ctx.file, ctx.source, spans),
     )
+
+
+def _resolve_pmask(ctx: _Ctx, block: Block, fields: dict[str, Any], number: int) -> None:
+    """`pmask = N` or `pmask = /N` by the virtual's family: for an IPv6 virtual the
+    persistence prefix length (``pmask6``, extended dialect); for an IPv4 one what
+    piranha makes of it (``/N``: not a netmask, ignored; ``N``: the netmask inet_aton
+    reads, 0.0.0.N), reported. A dotted netmask on an IPv6 virtual is an error."""
+    word = fields.get("pmask")
+    ipv6 = isinstance(fields.get("address"), IPv6Address)
+    if not isinstance(word, PmaskWord) and not (ipv6 and word is not None and int(word)):
+        return  # a netmask on an IPv4 virtual (as piranha reads it), or unset
+    line = next(i for i in block.items if isinstance(i, Line) and i.number == number and i.words)
+    at = word_span(ctx.file, line, 2)
+    fields.pop("pmask")
+    if ipv6 and not isinstance(word, PmaskWord):
+        ctx.diags.append(
+            make(
+                codes.PMASK_FAMILY,
+                f"pmask {word} is an IPv4 netmask but the virtual's address is IPv6",
+                at,
+                help="IPv6 persistence is grouped by prefix length: write `pmask = 64`",
+            )
+        )
+        return
+    assert isinstance(word, PmaskWord)
+    if ipv6:
+        if not 1 <= word.prefix <= 128:
+            ctx.diags.append(
+                make(
+                    codes.PMASK_FAMILY,
+                    f"pmask {word.text} is not an IPv6 prefix length (1..128)",
+                    at,
+                    help="write the persistence prefix length, such as `pmask = 64`",
+                )
+            )
+            return
+        try:
+            ctx.extension(line, 2, "a persistence prefix length")
+        except _Bad as bad:
+            ctx.diags.append(bad.diag)
+            return
+        fields["pmask6"] = None if word.prefix == 128 else word.prefix
+        return
+    if word.mask is None:  # `/N`: piranha cannot read it and ignores it
+        ctx.diags.append(
+            make(
+                codes.BAD_PMASK,
+                f"`{word.text}` is not a netmask; piranha ignores this pmask",
+                at,
+                help="a prefix length is for IPv6 virtuals; write a netmask such as "
+                "255.255.255.0, or remove the line",
+            )
+        )
+        return
+    if word.mask == IPv4Address(0):  # `pmask = 0`: piranha's unset mask, no surprise
+        fields["pmask"] = word.mask
+        return
+    ctx.diags.append(
+        make(
+            codes.PMASK_FAMILY,
+            f"pmask {word.text} on an IPv4 virtual is the netmask {word.mask} (piranha reads "
+            "a number as an address), not a prefix length",
+            at,
+            severity=Severity.WARNING,
+            help="write the netmask in dotted form, such as 255.255.255.0; prefix lengths "
+            "are for IPv6 virtuals",
+        )
+    )
+    if word.mask != _ALL_ONES:
+        fields["pmask"] = word.mask
 
 
 def _server(ctx: _Ctx, block: Block, port: int) -> RealServer:

@@ -133,6 +133,9 @@ class VirtualService:
     scheduler: Scheduler = Scheduler.WLC
     persistent: int = 0  # seconds; 0 = no persistence
     pmask: IPv4Address | None = None  # 255.255.255.255 means unset, as in piranha
+    # extended dialect, IPv6 virtuals: the persistence prefix length (`pmask = 64` or
+    # `pmask = /64`, 1..128); None = /128, as IPVS
+    pmask6: int | None = None
     client_monitor: str = "/usr/sbin/nanny"
     send_program: str | None = None
     send: str | None = None

@@ -277,9 +277,9 @@ class KernelTable:
 
 
 def _netmask_u32(svc: Service) -> int:
-    if svc.family == 6:
-        return 128
-    mask = svc.pmask if svc.pmask is not None else _ALL_ONES
+    if svc.family == 6:  # the prefix length, a plain u32
+        return svc.pmask if isinstance(svc.pmask, int) else 128
+    mask = svc.pmask if isinstance(svc.pmask, IPv4Address) else _ALL_ONES
     return int.from_bytes(mask.packed, sys.byteorder)  # the raw network-order bytes
 
 

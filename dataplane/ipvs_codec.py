@@ -104,10 +104,11 @@ def _asciiz(kind: int, text: str) -> bytes:
 
 
 def netmask_u32(svc: Service) -> int:
-    """``IPVS_SVC_ATTR_NETMASK``: the IPv4 mask's network-order bytes, or IPv6's prefix length."""
+    """``IPVS_SVC_ATTR_NETMASK``: the IPv4 mask's network-order bytes, or IPv6's prefix
+    length as a plain u32 (the kernel checks 1..128; ipvsadm sends 128 by default)."""
     if svc.family == 6:
-        return 128
-    if svc.pmask is None:
+        return svc.pmask if isinstance(svc.pmask, int) else 128
+    if svc.pmask is None or isinstance(svc.pmask, int):
         return _ALL_ONES_U32
     return int.from_bytes(svc.pmask.packed, sys.byteorder)
 
@@ -387,11 +388,15 @@ def decode_service(node: dict[int, bytes]) -> Service | None:
     persistent = u32(node.get(S_TIMEOUT))
     if not flags or not (_U32.unpack(flags[:4])[0] & SVC_F_PERSISTENT):
         persistent = 0
-    pmask = None
+    pmask: IPv4Address | int | None = None
     if persistent and family == 4:
         mask = IPv4Address(node[S_NETMASK][:4])
         if mask != ALL_ONES and int(mask):
             pmask = mask
+    elif persistent and S_NETMASK in node:
+        plen = u32(node[S_NETMASK])
+        if 0 < plen < 128:
+            pmask = plen
     return Service(
         fwmark=fwmark,
         family=family,

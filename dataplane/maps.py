@@ -209,6 +209,10 @@ class PersistKey(ct.Structure):
     _fields_ = [("service", ct.c_uint32), ("client", ct.c_uint32)]
 
 
+class PersistKey6(ct.Structure):
+    _fields_ = [("service", ct.c_uint32), ("client", ct.c_uint32 * 4)]
+
+
 class PersistState(ct.Structure):
     _fields_ = [("real", ct.c_uint32), ("addr", ct.c_uint32), ("last_ns", ct.c_uint64)]
 
@@ -251,6 +255,7 @@ LAYOUTS6: dict[str, tuple[Any, Any]] = {
     "vips6": (VipKey6, U32),
     "conntrack6": (U32, CtSet6),
     "reals6": (U32, ct.c_uint32 * 4),
+    "persist6": (PersistKey6, PersistState),
 }
 
 # what the kernel reports for each map of the program (bpf_map_info), to tell whether
@@ -282,6 +287,7 @@ KINDS = {
     "vips6": (HASH, 0),
     "conntrack6": (ARRAY, 0),
     "reals6": (ARRAY, 0),
+    "persist6": (LRU_HASH, 0),
 }
 GLOBAL_SLOTS = 26  # GLOBAL_COUNTERS in lb_consts.h
 
@@ -322,6 +328,7 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "vips6": sizes.max_services,
         "conntrack6": ct_sets(sizes),
         "reals6": sizes.max_reals,
+        "persist6": sizes.persist_size,
     }
     out = {}
     for name, (key, value) in (LAYOUTS | LAYOUTS6).items():
@@ -376,6 +383,30 @@ def ct_hash(saddr: IPv4Address, daddr: IPv4Address, sport: int, dport: int, prot
     a = (s << 32) | d
     b = (((sp << 16) | dp) << 32) | proto
     h = ((a * 0x9E3779B97F4A7C15) ^ (b * 0xC2B2AE3D27D4EB4F)) & _M64
+    h ^= h >> 32
+    return ((h * 0x165667B19E3779F9) & _M64) >> 32
+
+
+def flow_key6(
+    saddr: IPv6Address, daddr: IPv6Address, sport: int, dport: int, proto: int
+) -> FlowKey6:
+    """The conntrack6 key of an IPv6 flow (host-order ports)."""
+    return FlowKey6(be128(saddr), be128(daddr), be16(sport), be16(dport), proto)
+
+
+def ct6_hash(key: FlowKey6) -> int:
+    """ipv6.h's ct6_hash(): a multiply per 64-bit word of the key and a fold."""
+    w = [int.from_bytes(bytes(key)[i : i + 8], "little") for i in range(0, 40, 8)]
+    mult = (
+        0x9E3779B97F4A7C15,
+        0xC2B2AE3D27D4EB4F,
+        0x165667B19E3779F9,
+        0xD6E8FEB86659FD93,
+        0xFF51AFD7ED558CCD,
+    )
+    h = 0
+    for word, m in zip(w, mult, strict=True):
+        h ^= (word * m) & _M64
     h ^= h >> 32
     return ((h * 0x165667B19E3779F9) & _M64) >> 32
 
@@ -513,14 +544,15 @@ class LbMaps:
 
     # IPv6 services and VIPs (ipv6_maps.h)
     def set_service6(
-        self, vip: IPv6Address, port: int, proto: int, value: tuple[int, int, int, Any]
+        self, vip: IPv6Address, port: int, proto: int, value: tuple[int, int, int, int]
     ) -> None:
         """As :meth:`set_service`, into services6 and service_info6 (no hints: the
-        IPv6 path looks the hash up)."""
+        IPv6 path looks the hash up); ``value`` is (index, flags, persist_s, prefix
+        length of persistence: struct service.pmask holds it for IPv6)."""
         self.writes += 1
-        index, flags, persist_s, _pmask = value
+        index, flags, persist_s, plen = value
         key = ServiceKey6(be128(vip), be16(port), proto, 0)
-        svc = Service(index, flags, persist_s, 0)
+        svc = Service(index, flags, persist_s, plen)  # pmask: the prefix length
         info = self._t["service_info6"]
         info[info.Key(index)] = _cast(ServiceInfo6(key, svc), info.Leaf)
         t = self._t["services6"]
@@ -538,9 +570,10 @@ class LbMaps:
         if bytes(held.key) == bytes(key):
             info[info.Key(index)] = info.Leaf()
 
-    def services6(self) -> dict[tuple[IPv6Address, int, int], tuple[int, int, int]]:
-        """Every IPv6 service key with (index, flags, persist_s); the index reads -1
-        when service_info6 does not hold the same service at that index."""
+    def services6(self) -> dict[tuple[IPv6Address, int, int], tuple[int, int, int, int]]:
+        """Every IPv6 service key with (index, flags, persist_s, persistence prefix
+        length); the index reads -1 when service_info6 does not hold the same service
+        at that index."""
         if not self.ipv6:
             return {}
         out = {}
@@ -559,6 +592,7 @@ class LbMaps:
                 val.index if same else -1,
                 val.flags,
                 val.persist_s,
+                val.pmask,
             )
         return out
 
@@ -831,15 +865,29 @@ class LbMaps:
                 keys = (t.Key * m)(*range(i, i + m))
                 t.items_update_batch(keys, (t.Leaf * m).from_buffer_copy(bytes(m * size)))
         self._t["persist"].clear()
+        if self.ipv6:
+            self._t["persist6"].clear()
         self._t["real_conns"].clear()  # the flows they counted are gone
 
     def age_persistence(self, seconds: float) -> None:
         """Make every persistence template ``seconds`` older (tests, operators)."""
-        t = self._t["persist"]
-        for k, v in list(t.items()):
+        for name in ("persist", "persist6") if self.ipv6 else ("persist",):
+            t = self._t[name]
+            for k, v in list(t.items()):
+                val = PersistState.from_buffer_copy(bytes(v))
+                val.last_ns = max(0, val.last_ns - int(seconds * 1e9))
+                t[k] = _cast(val, t.Leaf)
+
+    def templates6(self) -> dict[tuple[int, IPv6Address], int]:
+        """The IPv6 persistence templates: (service index, masked client) -> real index."""
+        if not self.ipv6:
+            return {}
+        out = {}
+        for k, v in self._t["persist6"].items():
+            key = PersistKey6.from_buffer_copy(bytes(k))
             val = PersistState.from_buffer_copy(bytes(v))
-            val.last_ns = max(0, val.last_ns - int(seconds * 1e9))
-            t[k] = _cast(val, t.Leaf)
+            out[(key.service, IPv6Address(bytes(key.client)))] = val.real
+        return out
 
     # counters (per-CPU, summed here)
     def _sum(self, name: str, index: int) -> CounterValues:

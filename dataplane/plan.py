@@ -147,8 +147,9 @@ class ServicePlan:
     hash_by: str  # flow | source | destination
     flags: int
     persist_s: int
-    pmask: IPv4Address
+    pmask: IPv4Address  # IPv4 services: the persistence netmask
     reals: tuple[RealPlan, ...]
+    pmask6: int = 128  # IPv6 services: the persistence prefix length (lvs.cf pmask = /N)
     equal_weights: bool = False  # rr (and lc): every server of weight > 0 counts once
     span: Span | None = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -185,24 +186,16 @@ def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address | IPv6Addr
     )
 
 
-def _check_ipv6(vs: VirtualService, method: Network, hash_by: str, lc: int) -> None:
-    """What the IPv6 path (bpf/ipv6.h) does so far: direct routing and IP6IP6 by the
-    flow's hash.
-    Anything else is refused at the line that asks for it, never served the IPv4
-    way."""
-    refuse = None
+def _check_ipv6(vs: VirtualService, method: Network) -> None:
+    """What the IPv6 path (bpf/ipv6.h) does so far: direct routing and IP6IP6, with
+    every scheduler and persistence (bpf/scheduling6.h). NAT is refused at the line
+    that asks for it, never served the IPv4 way."""
     if method is Network.NAT:
-        refuse = (f"{method.value} forwarding", "network")
-    elif vs.persistent:
-        refuse = ("persistence", "persistent")
-    elif hash_by != "flow" or lc:
-        refuse = (f"scheduler {vs.scheduler.value}", "scheduler")
-    if refuse:
-        what, field = refuse
         raise PlanError(
-            f"virtual {vs.name}: {what} is not done for IPv6 in the XDP dataplane",
-            vs.spans.get(field, vs.span),
-            "IPv6 virtuals take direct routing or tunnel with rr, wrr, fo or ovf (docs/xdp.md)",
+            f"virtual {vs.name}: {method.value} forwarding is not done for IPv6 in the XDP "
+            "dataplane",
+            vs.spans.get("network", vs.span),
+            "IPv6 virtuals take direct routing or tunnel (docs/xdp.md)",
         )
 
 
@@ -231,7 +224,7 @@ def _service(
     vip = _ipv4(vs.address, f"virtual {vs.name}: address", span)
     hash_by, approx = _HASH[vs.scheduler]
     if isinstance(vip, IPv6Address):
-        _check_ipv6(vs, method, hash_by, LC_KIND.get(vs.scheduler, 0))
+        _check_ipv6(vs, method)
     if approx:
         notes.append(
             PlanNote(
@@ -325,6 +318,7 @@ def _service(
         # piranha: pmask 0.0.0.0 and 255.255.255.255 both mean "unset" (a /32)
         pmask=vs.pmask if vs.pmask and int(vs.pmask) else IPv4Address("255.255.255.255"),
         reals=tuple(reals),
+        pmask6=vs.pmask6 or 128,
         equal_weights=equal,
         span=span,
     )
@@ -454,5 +448,19 @@ def flow_hash(
     return _final(_step(h, proto))
 
 
-def addr_hash(addr: IPv4Address) -> int:
-    return _final(_step(HASH_SEED, _words(addr)[0]))
+def addr_hash(addr: IPv4Address | IPv6Address) -> int:
+    """scheduling.h addr_hash (IPv4) and scheduling6.h addr_hash6 (IPv6: a step per
+    word): the sh, dh and persistence hash of an address."""
+    h = HASH_SEED
+    for w in _words(addr):
+        h = _step(h, w)
+    return _final(h)
+
+
+def persist_client(addr: IPv4Address | IPv6Address, svc: ServicePlan) -> IPv4Address | IPv6Address:
+    """The address a persistence template is keyed by: the source masked by the
+    service's netmask (IPv4) or prefix length (IPv6), as the program masks it."""
+    if isinstance(addr, IPv6Address):
+        bits = svc.pmask6
+        return IPv6Address(int(addr) & (((1 << bits) - 1) << (128 - bits)))
+    return IPv4Address(int(addr) & int(svc.pmask))

@@ -69,6 +69,7 @@ _CONTENT = {
     "real_stats": "per-real-server counters",
     "global_stats": "global counters",
     "conntrack6": "IPv6 tracked flows",
+    "persist6": "IPv6 persistence templates",
 }
 
 
@@ -490,14 +491,14 @@ class XdpDataplane:
         if not m.ipv6:
             return
         wanted = {
-            (svc.vip, svc.port, svc.proto): (svc.index, svc.flags, svc.persist_s)
+            (svc.vip, svc.port, svc.proto): (svc.index, svc.flags, svc.persist_s, svc.pmask6)
             for svc in self.plan.services
             if svc.vip.version == 6
         }
         present = m.services6()
         for key, value in wanted.items():
             if present.get(key) != value:
-                m.set_service6(*key, (*value, None))
+                m.set_service6(*key, value)
         vips: dict = {}
         for vip, _port, _proto in wanted:
             vips[vip] = vips.get(vip, 0) + 1

@@ -114,7 +114,9 @@ class Service:
     port: int
     scheduler: str
     persistent: int  # seconds, 0 = not persistent
-    pmask: IPv4Address | None  # -M, only when persistent and not 255.255.255.255
+    # -M, only when persistent: IPv4 a netmask other than 255.255.255.255; IPv6 a
+    # prefix length other than 128 (ipvsadm prints `-M 64`)
+    pmask: IPv4Address | int | None
     destinations: tuple[Destination, ...]
     virtuals: tuple[str, ...]
 
@@ -222,6 +224,8 @@ def _service(vs: VirtualService) -> Service:
                     "remove `pmask`; IPv6 persistence granularity is a prefix length",
                 )
             pmask = vs.pmask
+        if family == 6 and vs.pmask6 is not None and vs.pmask6 != 128:
+            pmask = vs.pmask6
     return Service(
         fwmark=vs.fwmark,
         family=family,
@@ -410,7 +414,7 @@ def lines(svc: Service) -> list[str]:
     head = f"-A {svc.key} -s {svc.scheduler}"
     if svc.persistent:
         head += f" -p {svc.persistent}"
-        if svc.pmask is not None and svc.pmask != _ALL_ONES:
+        if svc.pmask is not None and svc.pmask not in (_ALL_ONES, 128):
             head += f" -M {svc.pmask}"
     out = [head]
     key = svc.key

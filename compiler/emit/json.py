@@ -56,6 +56,8 @@ def service_dict(vs: VirtualService, config: Config) -> dict[str, Any]:
         d["address"] = None
     else:
         d["address"] = {"address": str(vs.address), "device": vs.device}
+    if vs.pmask6 is not None:
+        d["pmask"] = vs.pmask6  # an IPv6 virtual's persistence prefix length
     d["servers"] = [server_dict(s) for s in vs.servers]
     return d
 

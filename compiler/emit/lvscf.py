@@ -146,6 +146,8 @@ def value_text(kw: Keyword, v: Any, node: Any, span: Span | None) -> str:
         return str(int(v))
     if k is Kind.SECONDS:
         return _seconds(v, what, span)
+    if k is Kind.PMASK and isinstance(v, int):
+        return str(v)
     if k in (Kind.HOST, Kind.HOST_NONZERO, Kind.IP, Kind.NETMASK, Kind.PMASK):
         return _host(v)
     if k is Kind.CHOICE:
@@ -191,6 +193,8 @@ def _value(obj: Any, name: str) -> Any:
         if obj.address is None:
             return None
         return HostDevice(address=obj.address, device=obj.device or "")
+    if name == "pmask" and isinstance(obj, VirtualService) and obj.pmask6 is not None:
+        return obj.pmask6  # an IPv6 virtual's prefix length: `pmask = 64`
     return getattr(obj, name)
 
 

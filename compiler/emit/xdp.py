@@ -73,7 +73,8 @@ def emit_maps(config: Config) -> str:
                     "flags": _flag_names(svc.flags, svc_flags),
                     "least_connection": lc_kinds.get(svc.flags >> P.SVC_LC_SHIFT & 7),
                     "persist_s": svc.persist_s,
-                    "pmask": str(svc.pmask),
+                    # services6 holds the persistence prefix length in this field
+                    "pmask": f"/{svc.pmask6}" if svc.vip.version == 6 else str(svc.pmask),
                 },
                 "virtual": svc.name,
                 "scheduler": svc.scheduler.value,

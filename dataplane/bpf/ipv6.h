@@ -1,7 +1,7 @@
 /* ipv6.h: the IPv6 path (feature ipv6), entered from lb_ingress when parse_packet
  * sees Ethernet type 0x86dd; the IPv4 path is not touched by it. Direct routing and
- * IP6IP6 tunnelling (plan.py refuses NAT, persistence, sh/dh and the lc family on an
- * IPv6 virtual). Every packet that is not a clean IPv6 TCP/UDP packet to a VIP:
+ * IP6IP6 tunnelling (plan.py refuses NAT on an IPv6 virtual), with every scheduler,
+ * persistence and the least-connection counts of IPv4 (scheduling6.h). Every packet that is not a clean IPv6 TCP/UDP packet to a VIP:
  *   truncated header, version != 6, payload length beyond the frame -> XDP_PASS
  *                                                      (pass_bad_ipv6: the stack drops it)
  *   ICMPv6 (neighbour discovery ...), any other next header          -> XDP_PASS
@@ -120,9 +120,8 @@ LB_INLINE bool service_matches6(const struct service_key6 *k, const struct packe
            (k->port == p->flow.dport || k->port == 0);
 }
 
-/* what an IPv6 service may ask for: direct routing or IP6IP6 by the flow's hash */
-#define SVC6_UNSUPPORTED                                                                  \
-    (SVC_F_NAT | SVC_F_PERSIST | SVC_F_HASH_SRC | SVC_F_HASH_DST | SVC_LC_MASK)
+/* what an IPv6 service may not ask for (yet): NAT */
+#define SVC6_UNSUPPORTED SVC_F_NAT
 
 /* IP6IP6 (next header 41, RFC 2473) to real id: outer source the VIP (the inner
  * destination), outer destination reals6[id], traffic class copied, flow label the
@@ -212,6 +211,10 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
                 if (real_usable(cr, st.addr)) {
                     count(G_CT_HIT);
                     ct6_touch(set, way);
+                    if (feature_lc() && st.used == CT_COUNTED && tcp &&
+                        (p.tcp_flags & (TCP_FIN | TCP_RST)))
+                        ct6_uncount(set, way, &p.flow); /* the flow ends: its count too */
+                    persist_touch6(svc, &p, cid, cr);
                     account(svc->index, cid, &acc, false);
                     return forward6(ctx, svc, cid, cr, st.hash);
                 }
@@ -233,15 +236,22 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
     if ((svc->flags & SVC6_UNSUPPORTED) ||
         ((svc->flags & SVC_F_TUNNEL) ? !feature_tunnel() : !feature_direct()))
         return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
-    __u32 fh = flow_hash6(&p.flow);
-    __u32 id = table_lookup(svc, 0, fh);
-    struct real *r = id ? reals.lookup(&id) : 0;
-    if (!r || !r->addr || (r->flags & REAL_F_FAILED))
-        return verdict(G_DROP_NO_REAL, XDP_DROP);
+    __u32 id = 0, fh = flow_hash6(&p.flow);
+    struct real *r = 0;
+    v = schedule6(svc, &p, &id, &r, fh); /* scheduling6.h */
+    if (v != FURTHER_PROCESSING)
+        return v;
     account(svc->index, id, &acc, true);
     if (!(tcp && (p.tcp_flags & TCP_RST))) {
         struct flow_state fresh = {.real = id, .addr = r->addr, .service = svc->index, .hash = fh};
-        ct6_insert(set, &p.flow, &fresh); /* G_CT_BUSY: the next packet schedules it again */
+        bool counted = lc_kind(svc) != 0;
+        if (counted) { /* counted before it can be evicted, undone if not inserted */
+            fresh.used = CT_COUNTED;
+            lc_count(id);
+        }
+        /* G_CT_BUSY: the next packet schedules it again */
+        if (ct6_insert(set, &p.flow, &fresh) == CT_MISS && counted)
+            lc_release(id);
     }
     return forward6(ctx, svc, id, r, fh);
 }

@@ -4,8 +4,10 @@
  * a 32-bit tag of the IPv6 address, maps.addr_word, so a flow whose index now holds
  * another server is rescheduled as for IPv4). What is keyed by address has its own
  * map: services6, service_info6 (checked against a tracked flow), vips6 (odd
- * packets), and conntrack6, the IPv6 connection table (conntrack.h rendered for
- * struct flow_key6: same geometry, same LRU and sequence lock). */
+ * packets), conntrack6, the IPv6 connection table (conntrack.h rendered for
+ * struct flow_key6: same geometry, same LRU and sequence lock), and persist6, the
+ * persistence templates by masked 128-bit source (scheduling6.h). The least-
+ * connection counts (real_conns, real_weights) are indexed by real: shared. */
 
 struct service_key6 {         /* services6: (VIP, port, protocol); port 0 = all ports */
     __be32 vip[4];
@@ -46,6 +48,11 @@ struct real6 {                /* reals6[index]: an IPv6 real's address (the IP6I
     __be32 addr[4];
 };
 
+struct persist_key6 {         /* persist6: the service and the source & its prefix */
+    __u32 service;
+    __be32 client[4];
+};
+
 struct packet6 {              /* what parse6 found; not shared with Python */
     struct flow_key6 flow;
     __u32 len;
@@ -57,3 +64,4 @@ LB_MAP("array", __u32, struct service_info6, service_info6, MAX_SERVICES, 0);
 LB_MAP("hash", struct vip_key6, __u32, vips6, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct ct6_set, conntrack6, CT_SETS, 0);
 LB_MAP("array", __u32, struct real6, reals6, MAX_REALS, 0);
+LB_MAP("lru_hash", struct persist_key6, struct persist_state, persist6, PERSIST_SIZE, 0);

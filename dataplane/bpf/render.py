@@ -20,6 +20,7 @@ HEADERS = (
     "encap.h",
     "nat.h",
     "ipv6_maps.h",
+    "scheduling6.h",
     "ipv6.h",
 )
 # conntrack.h is a template: the IPv4 table, and (feature ipv6) the IPv6 one, from one

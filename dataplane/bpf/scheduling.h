@@ -214,6 +214,32 @@ LB_INLINE bool service_matches(const struct service_key *k, const struct packet 
            (k->port == p->flow.dport || k->port == 0);
 }
 
+/* A live template (ps, of the client's masked address) gives the real it holds,
+ * if that real can take new flows: into *chosen and *cr. Used by both families. */
+LB_INLINE void persist_take(const struct service *svc, const struct persist_state *ps,
+                            __u64 now, __u32 *chosen, struct real **cr)
+{
+    if (!ps || now - ps->last_ns >= (__u64)svc->persist_s * 1000000000ull)
+        return;
+    __u32 pid = ps->real;
+    struct real *pr = reals.lookup(&pid);
+    if (real_usable(pr, ps->addr) && !(pr->flags & REAL_F_QUIESCED)) {
+        *chosen = pid;
+        *cr = pr;
+        count(G_PERSIST_HIT);
+    }
+}
+
+/* The Maglev slot of h, then (lc family) the less loaded of it and the slot of
+ * lc_h's second hash: into *chosen and *cr. Used by both families. */
+LB_INLINE void table_pick(const struct service *svc, __u32 h, __u32 lc_h, __u32 *chosen,
+                          struct real **cr)
+{
+    *chosen = table_lookup(svc, 0, h);
+    *cr = *chosen ? reals.lookup(chosen) : 0;
+    lc_pick(svc, 0, lc_h, chosen, cr);
+}
+
 /* A new flow (or a rescheduled one) of svc: persistence template or Maglev table
  * (fh: the flow's flow_hash()). Fills id and r; returns FURTHER_PROCESSING or a
  * verdict. The caller inserts the conntrack entry. */
@@ -226,20 +252,10 @@ LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 
         struct persist_key pk = {.service = svc->index, .client = p->flow.saddr & svc->pmask};
         struct persist_state *ps = persist.lookup(&pk);
         __u64 now = bpf_ktime_get_ns();
-        if (ps && now - ps->last_ns < (__u64)svc->persist_s * 1000000000ull) {
-            __u32 pid = ps->real;
-            struct real *pr = reals.lookup(&pid);
-            if (real_usable(pr, ps->addr) && !(pr->flags & REAL_F_QUIESCED)) {
-                chosen = pid;
-                cr = pr;
-                count(G_PERSIST_HIT);
-            }
-        }
+        persist_take(svc, ps, now, &chosen, &cr);
         if (!chosen) {
             __u32 h = addr_hash(pk.client);
-            chosen = table_lookup(svc, p, h);
-            cr = chosen ? reals.lookup(&chosen) : 0;
-            lc_pick(svc, p, h, &chosen, &cr);
+            table_pick(svc, h, h, &chosen, &cr);
         }
         if (cr && cr->addr) {
             struct persist_state fresh = {.real = chosen, .addr = cr->addr, .last_ns = now};
@@ -247,15 +263,24 @@ LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 
         }
     } else {
         __u32 h = schedule_hash(svc, p, fh);
-        chosen = table_lookup(svc, p, h);
-        cr = chosen ? reals.lookup(&chosen) : 0;
-        lc_pick(svc, p, feature_dh() && (svc->flags & SVC_F_HASH_DST) ? fh : h, &chosen, &cr);
+        table_pick(svc, h, feature_dh() && (svc->flags & SVC_F_HASH_DST) ? fh : h, &chosen, &cr);
     }
     if (!cr || !cr->addr || (cr->flags & REAL_F_FAILED))
         return verdict(G_DROP_NO_REAL, XDP_DROP);
     *id = chosen;
     *r = cr;
     return FURTHER_PROCESSING;
+}
+
+/* Does the client's template (ps) need no write for a packet of a flow on real id?
+ * It points at id and was refreshed within PERSIST_REFRESH_NS, or it points
+ * elsewhere and is alive (then it is left alone). */
+LB_INLINE bool persist_fresh(const struct service *svc, const struct persist_state *ps,
+                             __u32 id, __u64 now)
+{
+    if (ps && ps->real == id && now - ps->last_ns < PERSIST_REFRESH_NS)
+        return true;
+    return ps && ps->real != id && now - ps->last_ns < (__u64)svc->persist_s * 1000000000ull;
 }
 
 /* a packet of a tracked flow keeps its client's persistence template alive */
@@ -265,12 +290,9 @@ LB_INLINE void persist_touch(const struct service *svc, const struct packet *p,
     if (!(feature_persist() && (svc->flags & SVC_F_PERSIST)))
         return;
     struct persist_key pk = {.service = svc->index, .client = p->flow.saddr & svc->pmask};
-    struct persist_state *ps = persist.lookup(&pk);
     __u64 now = bpf_ktime_get_ns();
-    if (ps && ps->real == id && now - ps->last_ns < PERSIST_REFRESH_NS)
+    if (persist_fresh(svc, persist.lookup(&pk), id, now))
         return;
-    if (ps && ps->real != id && now - ps->last_ns < (__u64)svc->persist_s * 1000000000ull)
-        return; /* the client's template points elsewhere and is alive: leave it */
     struct persist_state fresh = {.real = id, .addr = r->addr, .last_ns = now};
     persist.update(&pk, &fresh);
 }

@@ -82,6 +82,13 @@ TABLE: list[tuple[str, Dialect, str, int, int]] = [
     ("LVS110", X, "keepalive = 2\nkeepalive = 3\n", 2, 1),
     ("LVS111", X, "primary = lvs1.example\n", 1, 11),
     ("LVS113", X, "virtual v {\n     pmask = /24\n}\n", 2, 14),
+    (
+        "LVS114",
+        X,
+        "virtual v {\n     address = 2001:2::10 eth0\n     pmask = 255.255.255.0\n}\n",
+        3,
+        14,
+    ),
     # semantic checks
     ("LVS201", X, v().replace("active = 1\n     address", "active = 0\n     address"), 2, 1),
     ("LVS202", X, v().replace("     address = 192.0.2.10 eth0:1\n", ""), 2, 1),

@@ -226,11 +226,6 @@ def test_tunnel_may_mix_address_families():
         (virtual(extra=" port = 70000\n"), "port 70000", 6),
         (virtual(servers=server(extra="  port = 70000\n")), "port 70000", 9),
         (virtual(extra=" fwmark = -3\n"), "fwmark -3", 6),
-        (
-            virtual(vip="2001:db8::1", extra=" persistent = 5\n pmask = 255.255.255.0\n"),
-            "IPv4 netmask",
-            7,
-        ),
         (virtual(servers=server(rip="2001:db8::5")), "IPv6 real server in an IPv4", 7),
     ],
 )
@@ -285,3 +280,18 @@ def test_inet_ntop_agrees_with_python_outside_embedded_ipv4(n):
 def test_addrport():
     assert addrport(IPv4Address("10.0.0.1"), 80) == "10.0.0.1:80"
     assert addrport(IPv6Address("2001:db8::1"), 0) == "[2001:db8::1]:0"
+
+
+def test_ipv6_persistence_prefix_is_written_as_ipvsadm_does() -> None:
+    """ipvsadm-save prints an IPv6 service's netmask as a prefix length, and only
+    when it is not 128 (`-M 64`)."""
+    for mask, flag in (("64", " -M 64"), ("/48", " -M 48"), ("128", ""), (None, "")):
+        extra = " persistent = 5\n" + (f" pmask = {mask}\n" if mask else "")
+        out = ipvsadm(virtual(vip="2001:db8::1", extra=extra))
+        assert out[0] == f"-A -t [2001:db8::1]:80 -s wlc -p 5{flag}"
+
+
+def test_a_netmask_on_an_ipv6_virtual_is_refused_at_its_line() -> None:
+    text = virtual(vip="2001:db8::1", extra=" persistent = 5\n pmask = 255.255.255.0\n")
+    r = compile_source(Source("t.cf", HEAD.format(net="direct") + text), Dialect.EXTENDED)
+    assert [(d.code.code, d.span.line, d.span.col) for d in r.errors] == [("LVS114", 7, 10)]

@@ -144,9 +144,6 @@ def test_ipv6_direct_routing_is_compiled_in_with_its_own_path() -> None:
     ("kw", "words"),
     [
         ({"net": "nat"}, "nat forwarding is not done for IPv6"),
-        ({"extra": " persistent = 60\n"}, "persistence is not done for IPv6"),
-        ({"sched": "sh"}, "scheduler sh is not done for IPv6"),
-        ({"sched": "wlc"}, "scheduler wlc is not done for IPv6"),
         ({"rip": "198.18.1.1"}, "server s 198.18.1.1 is not IPv6 like the VIP"),
     ],
 )
@@ -156,6 +153,31 @@ def test_what_ipv6_does_not_do_yet_is_refused_at_its_line(kw: dict, words: str) 
     with pytest.raises(PlanError, match=words) as err:
         plan(_v6(**kw), ipv6=True)
     assert err.value.span is not None
+
+
+@pytest.mark.parametrize(
+    ("kw", "flags", "lc", "features"),
+    [
+        ({"sched": "wlc"}, [], "wlc", {"lc"}),
+        ({"sched": "lc"}, [], "lc", {"lc"}),
+        ({"sched": "sh"}, ["hash-source"], None, {"sh"}),
+        ({"sched": "dh"}, ["hash-destination"], None, {"dh"}),
+        ({"sched": "lblcr"}, ["hash-destination"], "lblc", {"dh", "lc"}),
+        ({"extra": " persistent = 60\n pmask = 64\n"}, ["persistent"], None, {"persistence"}),
+    ],
+)
+def test_ipv6_schedules_as_ipv4(kw: dict, flags: list, lc: str | None, features: set) -> None:
+    doc = json.loads(emit("xdp-maps", _v6(**kw)))
+    value = doc["services"][0]["value"]
+    assert value["flags"] == flags and value["least_connection"] == lc
+    assert set(doc["features"]) == {"direct", "ipv6"} | features
+
+
+def test_xdp_maps_shows_the_ipv6_prefix_length() -> None:
+    doc = json.loads(emit("xdp-maps", _v6(extra=" persistent = 60\n pmask = /56\n")))
+    assert doc["services"][0]["value"]["pmask"] == "/56"
+    p = plan(_v6(extra=" persistent = 60\n"), ipv6=True)
+    assert p.services[0].pmask6 == 128  # unset: one client address, as IPVS
 
 
 def test_ipv6_tunnel_is_planned_with_its_flag() -> None:

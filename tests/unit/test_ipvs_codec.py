@@ -10,6 +10,7 @@ to the values they hold.
 
 from __future__ import annotations
 
+import struct
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -46,9 +47,11 @@ def services(draw) -> Service:
     family = draw(st.sampled_from([4, 6]))
     fwmark = draw(st.sampled_from([0, 0, draw(st.integers(1, 2**31 - 1))]))
     persistent = draw(st.sampled_from([0, 0, draw(st.integers(1, 86400 * 31))]))
-    pmask = None
+    pmask: IPv4Address | int | None = None
     if persistent and family == 4:
         pmask = draw(st.none() | v4.filter(lambda m: int(m) not in (0, 2**32 - 1)))
+    elif persistent:  # IPv6: a prefix length (128, the default, reads as None)
+        pmask = draw(st.none() | st.integers(1, 127))
     return Service(
         fwmark=fwmark,
         family=family,
@@ -243,3 +246,15 @@ def test_the_learned_dest_layout_decodes_like_the_generic_parser(family, dests, 
         assert counting.decode_with_stats(buf, start, end, family) == (d, counters)
     if len(dests) > 1:  # the layout was learned and used
         assert fast._layout is not None and counting._layout is not None
+
+
+def test_an_ipv6_netmask_is_the_prefix_length_as_a_plain_u32() -> None:
+    """IPVS_SVC_ATTR_NETMASK of an AF_INET6 service holds the prefix length (the
+    kernel checks 1..128), not a mask: ipvsadm sends 128 unless -M says otherwise."""
+    base = dict(fwmark=0, family=6, protocol=Protocol.TCP, address=IPv6Address("2001:2::10"))
+    base |= dict(port=80, scheduler="wlc", persistent=60, destinations=(), virtuals=())
+    assert codec.netmask_u32(Service(**base, pmask=64)) == 64
+    assert codec.netmask_u32(Service(**base, pmask=None)) == 128
+    body = codec.Encoder().body(AddService(Service(**base, pmask=48)))
+    netmask = struct.pack("=HHI", 8, codec.S_NETMASK, 48)
+    assert netmask in body

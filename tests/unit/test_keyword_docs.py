@@ -47,7 +47,11 @@ def test_grammar_accepts_exactly_the_table(table, rule):
     ("table", "cls", "extra"),
     [
         (GLOBAL, Config, {"virtuals", "failovers", "file", "spans"}),
-        (VIRTUAL, VirtualService, {"name", "device", "single_quoted", "servers", "span", "spans"}),
+        (
+            VIRTUAL,
+            VirtualService,
+            {"name", "device", "single_quoted", "servers", "span", "spans", "pmask6"},
+        ),
         (SERVER, RealServer, {"name", "span", "spans"}),
     ],
 )

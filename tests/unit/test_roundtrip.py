@@ -125,7 +125,13 @@ def services(draw, cls: type, global_network: Network) -> VirtualService:
         network=network,
         scheduler=draw(st.sampled_from(list(Scheduler))),
         persistent=draw(st.integers(-5, 10**6)),
-        pmask=draw(st.none() | ipv4.filter(lambda a: int(a) != 2**32 - 1)),
+        # an IPv6 virtual's pmask is a prefix length (pmask6), an IPv4 one's a netmask
+        pmask=(
+            None
+            if isinstance(address, IPv6Address)
+            else draw(st.none() | ipv4.filter(lambda a: int(a) != 2**32 - 1))
+        ),
+        pmask6=draw(st.none() | st.integers(1, 127)) if isinstance(address, IPv6Address) else None,
         client_monitor=draw(st.one_of(st.just("/usr/sbin/nanny"), string_value)),
         use_regex=draw(st.booleans()),
         timeout=draw(st.integers(-1, 10**5)),
