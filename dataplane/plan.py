@@ -186,14 +186,12 @@ def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address | IPv6Addr
 
 
 def _check_ipv6(vs: VirtualService, method: Network, hash_by: str, lc: int) -> None:
-    """What the IPv6 path (bpf/ipv6.h) does so far: direct routing and IP6IP6 by the
-    flow's hash.
+    """What the IPv6 path (bpf/ipv6.h, bpf/nat6.h) does so far: direct routing, IP6IP6
+    and NAT by the flow's hash.
     Anything else is refused at the line that asks for it, never served the IPv4
     way."""
     refuse = None
-    if method is Network.NAT:
-        refuse = (f"{method.value} forwarding", "network")
-    elif vs.persistent:
+    if vs.persistent:
         refuse = ("persistence", "persistent")
     elif hash_by != "flow" or lc:
         refuse = (f"scheduler {vs.scheduler.value}", "scheduler")
@@ -202,7 +200,8 @@ def _check_ipv6(vs: VirtualService, method: Network, hash_by: str, lc: int) -> N
         raise PlanError(
             f"virtual {vs.name}: {what} is not done for IPv6 in the XDP dataplane",
             vs.spans.get(field, vs.span),
-            "IPv6 virtuals take direct routing or tunnel with rr, wrr, fo or ovf (docs/xdp.md)",
+            "IPv6 virtuals take direct routing, tunnel or nat with rr, wrr, fo or ovf "
+            "(docs/xdp.md)",
         )
 
 
@@ -349,7 +348,7 @@ def plan(config: Config, sizes: Sizes | None = None, *, ipv6: bool = False) -> P
                 f"virtual {vs.name}: address {vip} is IPv6, which this XDP front end does "
                 "not serve yet",
                 vs.spans.get("address", vs.span),
-                "the XDP loader serves IPv6 direct routing and IP6IP6 (dataplane.xdp with "
+                "the XDP loader serves IPv6 direct routing, IP6IP6 and NAT (dataplane.xdp with "
                 "plan(..., ipv6=True), docs/xdp.md); the daemon and `lvs-router apply "
                 "--dataplane xdp` are IPv4 only so far",
             )

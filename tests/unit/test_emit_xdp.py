@@ -143,7 +143,6 @@ def test_ipv6_direct_routing_is_compiled_in_with_its_own_path() -> None:
 @pytest.mark.parametrize(
     ("kw", "words"),
     [
-        ({"net": "nat"}, "nat forwarding is not done for IPv6"),
         ({"extra": " persistent = 60\n"}, "persistence is not done for IPv6"),
         ({"sched": "sh"}, "scheduler sh is not done for IPv6"),
         ({"sched": "wlc"}, "scheduler wlc is not done for IPv6"),
