@@ -49,6 +49,7 @@ GLOBAL_COUNTERS = (
     "lc_second",
     "pass_bad_ipv6",
     "drop_ipv6_ext",
+    "pass_hop_limit",
 )
 
 
@@ -257,6 +258,8 @@ LAYOUTS6: dict[str, tuple[Any, Any]] = {
     "reals6": (U32, ct.c_uint32 * 4),
     "persist6": (PersistKey6, PersistState),
 }
+# IPv6 NAT's reply keys (nat6.h), in programs built with features nat and ipv6 only
+LAYOUTS_NAT6: dict[str, tuple[Any, Any]] = {"nat_rev6": (U32, CtSet6)}
 
 # what the kernel reports for each map of the program (bpf_map_info), to tell whether
 # a pinned map from an earlier program can be adopted as it is
@@ -288,8 +291,9 @@ KINDS = {
     "conntrack6": (ARRAY, 0),
     "reals6": (ARRAY, 0),
     "persist6": (LRU_HASH, 0),
+    "nat_rev6": (ARRAY, 0),
 }
-GLOBAL_SLOTS = 26  # GLOBAL_COUNTERS in lb_consts.h
+GLOBAL_SLOTS = 27  # GLOBAL_COUNTERS in lb_consts.h
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,9 +333,10 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "conntrack6": ct_sets(sizes),
         "reals6": sizes.max_reals,
         "persist6": sizes.persist_size,
+        "nat_rev6": ct_sets(sizes),
     }
     out = {}
-    for name, (key, value) in (LAYOUTS | LAYOUTS6).items():
+    for name, (key, value) in (LAYOUTS | LAYOUTS6 | LAYOUTS_NAT6).items():
         kind, flags = KINDS[name]
         out[name] = MapShape(kind, ct.sizeof(key), ct.sizeof(value), entries[name], flags)
     return out
@@ -467,12 +472,16 @@ def fill_ct_sets(n_sets: int, entries: list[tuple[int, FlowKey, FlowState]]) -> 
 class LbMaps:
     """The maps of one loaded program (a ``bcc.BPF``), with typed accessors."""
 
-    def __init__(self, bpf: Any, sizes: Sizes, *, ipv6: bool = False):
-        """``ipv6``: the program was built with feature ipv6 (has the IPv6 maps)."""
+    def __init__(self, bpf: Any, sizes: Sizes, *, ipv6: bool = False, nat6: bool = False):
+        """``ipv6``: the program was built with feature ipv6 (has the IPv6 maps);
+        ``nat6``: with features ipv6 and nat (has nat_rev6)."""
         self._bpf = bpf
         self.sizes = sizes
         self.ipv6 = ipv6
+        self.nat6 = nat6
         layouts = LAYOUTS | LAYOUTS6 if ipv6 else LAYOUTS
+        if nat6:
+            layouts = layouts | LAYOUTS_NAT6
         for name, (key, value) in layouts.items():
             table = bpf[name.encode()]
             leaf = getattr(table, "sLeaf", table.Leaf)  # per-CPU maps: one CPU's value
@@ -623,13 +632,11 @@ class LbMaps:
             for k in self._t["vips6"].keys()  # noqa: SIM118 - bcc tables are not dicts
         }
 
-    def flows6(self) -> dict[tuple, tuple[int, IPv6Address | int]]:
-        """The IPv6 connection table: (saddr, sport, daddr, dport, proto) -> (real
-        index, service index) for every used way."""
-        if not self.ipv6:
-            return {}
-        raw = array_values(self._t["conntrack6"].map_fd, ct.sizeof(CtSet6), ct_sets(self.sizes))
-        out = {}
+    def _ct6_entries(self, name: str) -> list[tuple[tuple, FlowState]]:
+        """The used ways of an IPv6 connection table (conntrack6, nat_rev6) as
+        ((saddr, sport, daddr, dport, proto), value)."""
+        raw = array_values(self._t[name].map_fd, ct.sizeof(CtSet6), ct_sets(self.sizes))
+        out = []
         for i in range(len(raw) // ct.sizeof(CtSet6)):
             s = CtSet6.from_buffer_copy(raw, i * ct.sizeof(CtSet6))
             for w in range(CT_WAYS):
@@ -643,7 +650,27 @@ class LbMaps:
                     socket.ntohs(k.dport),
                     k.proto,
                 )
-                out[key] = (s.val[w].real, s.val[w].service)
+                out.append((key, s.val[w]))
+        return out
+
+    def flows6(self) -> dict[tuple, tuple[int, IPv6Address | int]]:
+        """The IPv6 connection table: (saddr, sport, daddr, dport, proto) -> (real
+        index, service index) for every used way."""
+        if not self.ipv6:
+            return {}
+        return {key: (v.real, v.service) for key, v in self._ct6_entries("conntrack6")}
+
+    def nat_flows6(self) -> dict[tuple, tuple[IPv6Address | None, int]]:
+        """IPv6 reply 5-tuples (RIP, rport, client, cport, proto) -> (VIP, vport): the
+        VIP is what service_info6 holds at the entry's service index (None if nothing)."""
+        if not self.nat6:
+            return {}
+        info = self._t["service_info6"]
+        out = {}
+        for key, v in self._ct6_entries("nat_rev6"):
+            held = ServiceInfo6.from_buffer_copy(bytes(info[info.Key(v.service)]))
+            vip = IPv6Address(bytes(held.key.vip)) if held.key.proto else None
+            out[key] = (vip, int.from_bytes(bytes(v.mac)[4:6], "big"))
         return out
 
     def set_vip(self, vip: IPv4Address, proto: int, services: int) -> None:
@@ -857,8 +884,8 @@ class LbMaps:
         zero = bytes(ct.sizeof(CtSet) * ct_sets(self.sizes))
         for name in CT_TABLES:
             self._write_sets(name, zero)
-        if self.ipv6:
-            t = self._t["conntrack6"]
+        for name in ("conntrack6",) * self.ipv6 + ("nat_rev6",) * self.nat6:
+            t = self._t[name]
             n, size = ct_sets(self.sizes), ct.sizeof(CtSet6)
             for i in range(0, n, 1024):
                 m = min(1024, n - i)

@@ -186,19 +186,6 @@ def _ipv4(value: object, what: str, span: Span | None) -> IPv4Address | IPv6Addr
     )
 
 
-def _check_ipv6(vs: VirtualService, method: Network) -> None:
-    """What the IPv6 path (bpf/ipv6.h) does so far: direct routing and IP6IP6, with
-    every scheduler and persistence (bpf/scheduling6.h). NAT is refused at the line
-    that asks for it, never served the IPv4 way."""
-    if method is Network.NAT:
-        raise PlanError(
-            f"virtual {vs.name}: {method.value} forwarding is not done for IPv6 in the XDP "
-            "dataplane",
-            vs.spans.get("network", vs.span),
-            "IPv6 virtuals take direct routing or tunnel (docs/xdp.md)",
-        )
-
-
 def real_port(nat: bool, service_port: int, vs_port: int, rs_port: int) -> int:
     """The port a real server has in the plan (part of its Maglev key): NAT maps the
     VIP's port to the server's (0: the VIP's own); direct routing and tunnel keep the
@@ -223,8 +210,6 @@ def _service(
         raise PlanError(f"virtual {vs.name} has no address", span)
     vip = _ipv4(vs.address, f"virtual {vs.name}: address", span)
     hash_by, approx = _HASH[vs.scheduler]
-    if isinstance(vip, IPv6Address):
-        _check_ipv6(vs, method)
     if approx:
         notes.append(
             PlanNote(
@@ -343,7 +328,7 @@ def plan(config: Config, sizes: Sizes | None = None, *, ipv6: bool = False) -> P
                 f"virtual {vs.name}: address {vip} is IPv6, which this XDP front end does "
                 "not serve yet",
                 vs.spans.get("address", vs.span),
-                "the XDP loader serves IPv6 direct routing and IP6IP6 (dataplane.xdp with "
+                "the XDP loader serves IPv6 direct routing, IP6IP6 and NAT (dataplane.xdp with "
                 "plan(..., ipv6=True), docs/xdp.md); the daemon and `lvs-router apply "
                 "--dataplane xdp` are IPv4 only so far",
             )

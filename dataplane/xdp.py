@@ -30,7 +30,18 @@ import numpy as np
 from . import maglev
 from .bpf.render import PIN_DIR, render
 from .libbpf import map_info, map_items, map_update, obj_get, obj_pin
-from .maps import CT_TABLES, HASH, LAYOUTS6, LRU_HASH, LbMaps, MapShape, Real, addr_word, shapes
+from .maps import (
+    CT_TABLES,
+    HASH,
+    LAYOUTS6,
+    LAYOUTS_NAT6,
+    LRU_HASH,
+    LbMaps,
+    MapShape,
+    Real,
+    addr_word,
+    shapes,
+)
 from .plan import REAL_F_FAILED, REAL_F_QUIESCED, Plan, ServicePlan
 
 XDP_FLAGS_SKB_MODE = 1 << 1
@@ -70,6 +81,7 @@ _CONTENT = {
     "global_stats": "global counters",
     "conntrack6": "IPv6 tracked flows",
     "persist6": "IPv6 persistence templates",
+    "nat_rev6": "IPv6 NAT reply keys",
 }
 
 
@@ -173,7 +185,9 @@ class XdpDataplane:
         maps are adopted whatever their shape, never replaced."""
         self.plan = plan
         self.pin_dir = pin_dir
-        self._ipv6 = "ipv6" in (plan.features if features is None else features)
+        built = plan.features if features is None else features
+        self._ipv6 = "ipv6" in built
+        self._nat6 = self._ipv6 and "nat" in built  # nat6.h and its map nat_rev6
         old: dict[str, tuple[int, MapShape]] = {}
         if pin_dir:
             os.makedirs(pin_dir, exist_ok=True)
@@ -184,7 +198,7 @@ class XdpDataplane:
         try:
             self.bpf = BPF(text=self.text.encode())
             self.fn = self.bpf.load_func(PROGRAM.encode(), BPF.XDP)
-            self.maps = LbMaps(self.bpf, plan.sizes, ipv6=self._ipv6)
+            self.maps = LbMaps(self.bpf, plan.sizes, ipv6=self._ipv6, nat6=self._nat6)
             self.replaced = self._carry_over(old)
         finally:
             for fd, _shape in old.values():
@@ -223,8 +237,8 @@ class XdpDataplane:
         unpinned maps until the new one replaces it."""
         misfits = {}
         for name, want in shapes(self.plan.sizes).items():
-            if name in LAYOUTS6 and not self._ipv6:
-                continue  # this program has no IPv6 maps: leave a pinned one alone
+            if (name in LAYOUTS6 and not self._ipv6) or (name in LAYOUTS_NAT6 and not self._nat6):
+                continue  # this program has no such map: leave a pinned one alone
             path = Path(pin_dir) / name
             if not path.exists():
                 continue

@@ -26,7 +26,6 @@ import logging
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from ipaddress import IPv4Address
 from typing import Protocol
 
 from compiler.model import Config
@@ -44,6 +43,7 @@ from .director import (
     xdp_index,
     xdp_layout,
 )
+from .neighbours import Address, address_order
 
 log = logging.getLogger("lvs-router")
 
@@ -280,6 +280,14 @@ def interface_mac(ifname: str) -> bytes:
     return info[18:24]
 
 
+def uses_nat(plan) -> bool:
+    """Whether a plan has NAT services (IPv4 or IPv6: asked of the services, not of
+    the program's feature names)."""
+    from compiler.model import Network
+
+    return any(s.method is Network.NAT for s in plan.services)
+
+
 class XdpBackend:
     """Our XDP program (dataplane/xdp.py) on one interface, with pinned maps.
 
@@ -295,7 +303,7 @@ class XdpBackend:
         *,
         pin_dir: str | None = None,
         mode: str = "native",
-        static_macs: Mapping[IPv4Address, bytes] | None = None,
+        static_macs: Mapping[Address, bytes] | None = None,
         nat_interface: str | None = None,
     ) -> None:
         from dataplane.bpf.render import PIN_DIR
@@ -310,7 +318,7 @@ class XdpBackend:
         self._dp = None  # the attached XdpDataplane
         self._pending = None  # a loaded, not yet attached one
         self._desired: Desired | None = None
-        self._macs: dict[IPv4Address, bytes] = {}
+        self._macs: dict[Address, bytes] = {}
         self.attached_mode: str | None = None
         self.nat_mode: str | None = None  # the reply path's, once attached
         self._removed = False  # after remove(): the maps are left alone
@@ -318,22 +326,26 @@ class XdpBackend:
         # program, and every real's state (an incremental apply changes a few)
         self._applied: tuple[Desired, object] | None = None
         self._states: dict = {}  # real index -> dataplane.xdp.RealState
-        self._wire_macs: dict[IPv4Address, bytes] = {}  # what sync got: zeros where none
-        self._layout: tuple[object, list[IPv4Address], dict[int, IPv4Address], bool] = (
+        self._wire_macs: dict[Address, bytes] = {}  # what sync got: zeros where none
+        self._layout: tuple[object, list[Address], dict[int, Address], bool] = (
             None,
             [],
             {},
             False,
         )
 
-    def _plan(self, config: Config):
+    def plan(self, config: Config):
+        """The XDP plan of ``config`` (pure: nothing is loaded), or :class:`BackendError`
+        at the lvs.cf line the dataplane cannot serve. IPv6 virtuals are taken (the
+        program gets feature ``ipv6`` only when there is one); what the IPv6 path does
+        not serve yet, plan() refuses at its line."""
         from dataplane.plan import PlanError, plan
 
         try:
-            p = plan(with_sorry_servers(config))
+            p = plan(with_sorry_servers(config), ipv6=True)
         except PlanError as err:
             raise BackendError(err.message, err.span, err.help) from err
-        if "nat" in p.features and not self.nat_interface:
+        if uses_nat(p) and not self.nat_interface:
             # NAT needs the reply path on the interface towards the real servers: say
             # so instead of loading a program that drops every NAT packet
             from compiler.model import Network
@@ -355,7 +367,7 @@ class XdpBackend:
         in our own network namespace), each real's port, then the reply path on the
         private interface -- before the requests' program, so that no request is
         redirected to a real server whose reply nothing would translate back."""
-        if "nat" not in dp.plan.features or not self.nat_interface:
+        if not uses_nat(dp.plan) or not self.nat_interface:
             return None
         dp.configure_nat(
             private_ifindex=socket.if_nametoindex(self.nat_interface),
@@ -368,7 +380,7 @@ class XdpBackend:
     def load(self, config: Config) -> None:
         from dataplane.xdp import XdpDataplane
 
-        p = self._plan(config)
+        p = self.plan(config)
         if self._dp is not None and self._pending is None and p == self._dp.plan:
             return  # nothing the program or its maps' layout depend on changed
         try:
@@ -382,6 +394,7 @@ class XdpBackend:
         return self._pending or self._dp
 
     def adopt(self, config: Config) -> dict[Key, Placement]:
+        from dataplane.maps import addr_word
         from dataplane.plan import REAL_F_FAILED, REAL_F_QUIESCED
 
         dp = self._current()
@@ -389,24 +402,28 @@ class XdpBackend:
         reals = {r.index: r for r in dp.plan.reals}
         for key, index in xdp_index(config, dp.plan).items():
             entry = dp.maps.real(index)
-            if entry.addr != reals[index].address or entry.flags & REAL_F_FAILED:
+            # reals[i].addr: the IPv4 address, or a tag of the IPv6 one (maps.addr_word)
+            if (
+                dp.maps.real_word(index) != addr_word(reals[index].address)
+                or entry.flags & REAL_F_FAILED
+            ):
                 continue  # nothing there for this server, or it was out
             weight = 0 if entry.flags & REAL_F_QUIESCED else reals[index].weight
             out[key] = Placement(True, weight)
         return out
 
-    def _plan_layout(self, plan) -> tuple[object, list[IPv4Address], dict[int, IPv4Address], bool]:
+    def _plan_layout(self, plan) -> tuple[object, list[Address], dict[int, Address], bool]:
         """Once per plan: its sorted real-server addresses, each real's address, and
         whether every address has a static MAC (then there is no neighbour table to
         follow)."""
         if self._layout[0] is not plan:
             reals = plan.reals
-            addresses = sorted({r.address for r in reals})
+            addresses = sorted({r.address for r in reals}, key=address_order)
             static = all(a in self.neighbours.static for a in addresses)
             self._layout = (plan, addresses, {r.index: r.address for r in reals}, static)
         return self._layout
 
-    def _state(self, layout: XdpLayout, desired: Desired, index: int, address: IPv4Address):
+    def _state(self, layout: XdpLayout, desired: Desired, index: int, address: Address):
         from dataplane.xdp import RealState
 
         if address not in self._macs:  # no MAC yet: cannot forward there, keep it out
@@ -434,7 +451,7 @@ class XdpBackend:
         if changed is None:
             self._macs = self.neighbours.refresh(addresses)
             states = {}
-            missing: dict[IPv4Address, list[str]] = {}
+            missing: dict[Address, list[str]] = {}
             for r in dp.plan.reals:
                 states[r.index] = self._state(layout, desired, r.index, r.address)
                 if r.address not in self._macs:
@@ -469,7 +486,7 @@ class XdpBackend:
         self._applied = (desired, dp)
         return changes
 
-    def kept_out(self) -> set[IPv4Address]:
+    def kept_out(self) -> set[Address]:
         """Real-server addresses the maps hold out of service for want of a MAC (their
         servers are not in the dataplane, whatever the decision says)."""
         if self._dp is None:

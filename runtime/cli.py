@@ -4,9 +4,9 @@
 ``reload`` and ``status`` (talk to a running daemon over its control socket),
 ``apply`` and ``show`` for ``--dataplane ipvs`` (make the kernel's IPVS table what a
 config's steady state asks for, by diff, never a flush; print the table) and
-``--dataplane xdp`` (compile, load, pin and fill the XDP program's maps; print its
-counters; handlers in dataplane/xdp_cli.py), and ``send-arp`` (piranha's send_arp,
-runtime/send_arp_cli.py).
+``--dataplane xdp`` (compile, load, pin and fill the XDP program's maps, IPv4 and
+IPv6 virtuals, through the daemon's own XDP backend; print its counters, handler in
+dataplane/xdp_cli.py), and ``send-arp`` (piranha's send_arp, runtime/send_arp_cli.py).
 
 Exit status: 0 done, 1 the config has errors or the kernel refused, 2 usage.
 """
@@ -91,7 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     from dataplane.xdp_cli import add_arguments as add_xdp_arguments
 
     for parser in (a, s):
-        add_xdp_arguments(parser.add_argument_group("XDP dataplane"))
+        group = parser.add_argument_group("XDP dataplane")
+        add_xdp_arguments(group)
+        if parser is a:
+            group.add_argument(
+                "--pin-dir",
+                help="bpffs directory of the pinned maps (default /sys/fs/bpf/lvs-router)",
+            )
 
     for name, what in NOT_YET.items():
         sub.add_parser(name, help=f"(not available yet) {what}")
@@ -252,9 +258,91 @@ def _rich_table(seen, services) -> None:
 
 # --------------------------------------------------------------------------- xdp
 
+MAC_WAIT_S = 3.0  # apply --dataplane xdp: how long the kernel may take to resolve MACs
+
+
+def _apply_xdp(args: argparse.Namespace) -> int:
+    """``apply --dataplane xdp``: the config's steady state (every active server in at
+    its configured weight) through :class:`runtime.backends.XdpBackend`, the daemon's
+    own path: the same plan (IPv6 virtuals included), neighbour handling (ARP or
+    neighbour solicitation for a MAC the kernel does not know yet, through the route's
+    gateway for tunnels), pinned maps reused and the program replaced atomically."""
+    import time
+
+    from compiler import Dialect, compile_file
+    from compiler.diagnostics import Severity, render_text
+    from dataplane.reconcile import SORRY_SERVER
+
+    from .backends import BackendError, XdpBackend
+    from .daemon_cli import _mac_pair
+    from .director import Director
+    from .neighbours import address_order
+
+    try:
+        result = compile_file(args.config, Dialect(args.dialect))
+    except OSError as err:
+        print(f"lvs-router: cannot read {args.config}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_USAGE
+    errors = [d for d in result.diagnostics if d.severity is Severity.ERROR]
+    if errors:
+        sys.stderr.write(render_text(errors, {result.source.name: result.source}))
+        print(f"lvs-router: {args.config} has errors; nothing applied", file=sys.stderr)
+        return EXIT_ERRORS
+    try:
+        macs = dict(_mac_pair(pair) for pair in args.real_mac)
+    except argparse.ArgumentTypeError as err:
+        print(f"lvs-router: --real-mac {err}", file=sys.stderr)
+        return EXIT_USAGE
+    config = result.config
+    backend = XdpBackend(
+        args.interface,
+        pin_dir=args.pin_dir,
+        mode=args.xdp_mode,
+        static_macs=macs,
+        nat_interface=args.nat_interface,
+    )
+    try:
+        plan = backend.plan(config)
+        # every real server but the sorry servers (out in the steady state) needs a MAC
+        # before anything is loaded: probe, and give the kernel a moment to answer
+        wanted = {r.address for r in plan.reals if r.name != SORRY_SERVER}
+        deadline = time.monotonic() + MAC_WAIT_S
+        while (missing := wanted - backend.neighbours.refresh(wanted).keys()) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
+        if missing:
+            shown = ", ".join(map(str, sorted(missing, key=address_order)))
+            print(f"lvs-router: no MAC address for real server(s) {shown}", file=sys.stderr)
+            print(
+                "  = help: pass --real-mac RIP=MAC, or make them reachable from here",
+                file=sys.stderr,
+            )
+            return EXIT_ERRORS
+        for note in plan.notes:
+            print(note.render(), file=sys.stderr)
+        backend.load(config)
+        director = Director(config)
+        for virtual, server in director.managed():
+            director.server_event(virtual, server, True, None, "apply", 0.0)
+        for change in backend.apply(director.desired()):
+            print(change)
+    except BackendError as err:
+        sys.stderr.write(err.render().rstrip() + "\n")
+        print(f"lvs-router: {args.config}: nothing applied", file=sys.stderr)
+        return EXIT_ERRORS
+    finally:
+        backend.close()  # the attached program and the pinned maps stay
+    print(
+        f"lvs-router: {args.config}: {len(plan.services)} virtual service(s), "
+        f"{len(plan.reals)} real server(s) in the XDP program on {args.interface}",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
 
 def _xdp(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from dataplane.xdp_cli import apply_xdp, show_xdp
+    from dataplane.xdp_cli import show_xdp
 
     if args.command == "apply":
         if args.dry_run:
@@ -264,7 +352,7 @@ def _xdp(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             )
         if not args.interface:
             p.error("--dataplane xdp needs --interface IF")
-        return apply_xdp(args)
+        return _apply_xdp(args)
     if not args.config:
         p.error("show --dataplane xdp needs the CONFIG the program was built from")
     return show_xdp(args)

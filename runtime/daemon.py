@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, ClassVar
 
 from compiler import Dialect, compile_file
@@ -149,7 +149,7 @@ class Options:
     interface: str | None = None
     xdp_mode: str = "native"
     pin_dir: str | None = None
-    real_macs: Mapping[IPv4Address, bytes] = field(default_factory=dict)
+    real_macs: Mapping[IPv4Address | IPv6Address, bytes] = field(default_factory=dict)
     nat_interface: str | None = None  # XDP, network = nat: towards the real servers
     socket: str | None = DEFAULT_SOCKET
     metrics: tuple[str, int] | None = ("127.0.0.1", 9539)

@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from .control import DEFAULT_SOCKET
 
@@ -30,14 +30,16 @@ def _metrics_address(text: str) -> tuple[str, int] | None:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _mac_pair(text: str) -> tuple[IPv4Address, bytes]:
+def _mac_pair(text: str) -> tuple[IPv4Address | IPv6Address, bytes]:
+    """``RIP=MAC``, the RIP IPv4 or IPv6 (``2001:db8::11=02:00:00:00:00:11``: the
+    address ends at the first ``=``, which no address contains)."""
     from .neighbours import parse_mac
 
     rip, sep, mac = text.partition("=")
     try:
         if not sep:
             raise ValueError("expected RIP=MAC")
-        return IPv4Address(rip), parse_mac(mac)
+        return ip_address(rip.strip("[]")), parse_mac(mac)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r}: {err}") from err
 

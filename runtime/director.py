@@ -349,8 +349,15 @@ def with_sorry_servers(config: Config) -> Config:
     virtuals = []
     for vs in config.virtuals:
         if vs.active and vs.sorry_server is not None:
+            where = vs.spans.get("sorry_server", vs.span)  # its errors point at that line
             sorry = RealServer(
-                name=SORRY_SERVER, address=vs.sorry_server, active=True, weight=1, port=vs.port
+                name=SORRY_SERVER,
+                address=vs.sorry_server,
+                active=True,
+                weight=1,
+                port=vs.port,
+                span=where,
+                spans={"address": where} if where else {},
             )
             vs = replace(vs, servers=(*vs.servers, sorry))
         virtuals.append(vs)

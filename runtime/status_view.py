@@ -13,6 +13,12 @@ def _num(n: int | None) -> str:
     return "" if n is None else f"{n:,}"
 
 
+def hostport(address: str, port: int | str) -> str:
+    """``ADDRESS:PORT``, an IPv6 address in brackets (``[2001:db8::11]:80``) so that
+    the port cannot be read as part of it."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def render(status: dict[str, Any], *, width: int | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -34,7 +40,7 @@ def render(status: dict[str, Any], *, width: int | None = None) -> None:
     for col in ("packets", "bytes", "conns"):
         t.add_column(col, justify="right")
     for vs in status["virtuals"]:
-        where = f"fwmark {vs['fwmark']}" if vs["fwmark"] else f"{vs['address']}:{vs['port']}"
+        where = f"fwmark {vs['fwmark']}" if vs["fwmark"] else hostport(vs["address"], vs["port"])
         state = f"{vs['forwarding']} {vs['scheduler']}"
         if vs["sorry_server"]:
             state += f", sorry {vs['sorry_server']}" + (" IN" if vs["sorry_active"] else "")
@@ -62,7 +68,7 @@ def render(status: dict[str, Any], *, width: int | None = None) -> None:
             state = rs["state"] + (" (checker died)" if rs["crashed"] else "")
             t.add_row(
                 f"  {rs['name']}",
-                f"{rs['address']}:{rs['port']}",
+                hostport(rs["address"], rs["port"]),
                 f"[{STYLE.get(rs['state'], '')}]{state}[/]",
                 weight,
                 detail,

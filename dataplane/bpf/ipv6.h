@@ -1,10 +1,13 @@
 /* ipv6.h: the IPv6 path (feature ipv6), entered from lb_ingress when parse_packet
- * sees Ethernet type 0x86dd; the IPv4 path is not touched by it. Direct routing and
- * IP6IP6 tunnelling (plan.py refuses NAT on an IPv6 virtual), with every scheduler,
- * persistence and the least-connection counts of IPv4 (scheduling6.h). Every packet that is not a clean IPv6 TCP/UDP packet to a VIP:
+ * sees Ethernet type 0x86dd; the IPv4 path is not touched by it. Direct routing,
+ * IP6IP6 tunnelling and NAT (nat6.h, with feature nat), with every scheduler,
+ * persistence and the least-connection counts of IPv4 (scheduling6.h). Every packet
+ * that is not a clean IPv6 TCP/UDP packet to a VIP:
  *   truncated header, version != 6, payload length beyond the frame -> XDP_PASS
  *                                                      (pass_bad_ipv6: the stack drops it)
  *   ICMPv6 (neighbour discovery ...), any other next header          -> XDP_PASS
+ *     (with feature nat ICMPv6 -> NAT_ICMP: nat6_icmp translates errors about NAT
+ *     flows and passes the rest)
  *   not to a VIP's address, protocol and port                        -> XDP_PASS
  *   to a VIP: fragment header                                        -> XDP_DROP (drop_fragment)
  *   to a VIP: any other extension header (hop-by-hop, routing,
@@ -46,6 +49,8 @@ LB_INLINE int parse6(void *data, void *data_end, struct packet6 *p)
             return odd_packet6(ip6, G_DROP_FRAGMENT);
         if (ipv6_ext_header(nh))
             return odd_packet6(ip6, G_DROP_IPV6_EXT);
+        if (feature_nat() && nh == 58)
+            return NAT_ICMP; /* nat6.h decides */
         return verdict(G_PASS_NOT_VIP, XDP_PASS); /* ICMPv6, ESP, no next header ... */
     }
     __builtin_memcpy(p->flow.saddr, &ip6->saddr, 16);
@@ -120,8 +125,6 @@ LB_INLINE bool service_matches6(const struct service_key6 *k, const struct packe
            (k->port == p->flow.dport || k->port == 0);
 }
 
-/* what an IPv6 service may not ask for (yet): NAT */
-#define SVC6_UNSUPPORTED SVC_F_NAT
 
 /* IP6IP6 (next header 41, RFC 2473) to real id: outer source the VIP (the inner
  * destination), outer destination reals6[id], traffic class copied, flow label the
@@ -185,6 +188,8 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
     void *data_end = (void *)(long)ctx->data_end;
     struct packet6 p = {};
     int v = parse6(data, data_end, &p);
+    if (feature_nat() && v == NAT_ICMP)
+        return nat6_icmp(ctx, true);
     if (v != FURTHER_PROCESSING)
         return v;
     struct packet acc = {.len = p.len}; /* account() reads the length only */
@@ -208,7 +213,19 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
                 svc = &si->svc;
                 __u32 cid = st.real;
                 struct real *cr = reals.lookup(&cid);
-                if (real_usable(cr, st.addr)) {
+                bool alive = true;
+                struct nat_config *cfg = 0;
+                __u64 now = 0;
+                if (feature_nat() && (svc->flags & SVC_F_NAT)) { /* nat6.h */
+                    __u32 zero = 0;
+                    cfg = nat_config.lookup(&zero);
+                    if (cfg)
+                        now = nat_now(cfg);
+                    alive = cfg && cfg->tcp_ns && !nat_expired(&st, p.flow.proto, cfg, now);
+                    if (!alive)
+                        count(G_NAT_EXPIRED);
+                }
+                if (alive && real_usable(cr, st.addr)) {
                     count(G_CT_HIT);
                     ct6_touch(set, way);
                     if (feature_lc() && st.used == CT_COUNTED && tcp &&
@@ -216,9 +233,13 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
                         ct6_uncount(set, way, &p.flow); /* the flow ends: its count too */
                     persist_touch6(svc, &p, cid, cr);
                     account(svc->index, cid, &acc, false);
+                    if (feature_nat() && cfg)
+                        return forward_nat6(ctx, cid, cr, &p, &set->val[way & (CT_WAYS - 1)],
+                                            cfg, now);
                     return forward6(ctx, svc, cid, cr, st.hash);
                 }
-                count(G_RESCHEDULED);
+                if (alive)
+                    count(G_RESCHEDULED);
             }
         } else if (tcp) {
             ct_missed = true;
@@ -233,8 +254,9 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
         if (ct_missed)
             count(G_CT_MISS_NON_SYN);
     }
-    if ((svc->flags & SVC6_UNSUPPORTED) ||
-        ((svc->flags & SVC_F_TUNNEL) ? !feature_tunnel() : !feature_direct()))
+    if ((svc->flags & SVC_F_NAT)      ? !feature_nat()
+        : (svc->flags & SVC_F_TUNNEL) ? !feature_tunnel()
+                                      : !feature_direct())
         return verdict(G_DROP_UNSUPPORTED, XDP_DROP);
     __u32 id = 0, fh = flow_hash6(&p.flow);
     struct real *r = 0;
@@ -242,6 +264,8 @@ LB_INLINE int lb_ingress6(struct xdp_md *ctx)
     if (v != FURTHER_PROCESSING)
         return v;
     account(svc->index, id, &acc, true);
+    if (feature_nat() && (svc->flags & SVC_F_NAT))
+        return nat6_new_flow(ctx, set, svc, id, r, &p, fh);
     if (!(tcp && (p.tcp_flags & TCP_RST))) {
         struct flow_state fresh = {.real = id, .addr = r->addr, .service = svc->index, .hash = fh};
         bool counted = lc_kind(svc) != 0;

@@ -89,7 +89,8 @@
 #define G_LC_SECOND         23 /* lc family: new flow sent to the second candidate (less loaded) */
 #define G_PASS_BAD_IPV6     24 /* truncated IPv6 header, version != 6, payload beyond the frame */
 #define G_DROP_IPV6_EXT     25 /* IPv6 extension header (not a fragment) on a packet to a VIP */
-#define GLOBAL_COUNTERS     26
+#define G_PASS_HOP_LIMIT    26 /* IPv6 NAT: hop limit <= 1, to the kernel (nat6.h) */
+#define GLOBAL_COUNTERS     27
 
 /* tx_ports slots (NAT) */
 #define NAT_TX_PRIVATE 0

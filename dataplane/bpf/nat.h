@@ -343,6 +343,8 @@ LB_INLINE int nat_icmp(struct xdp_md *ctx, bool inbound)
     return tx_ports.redirect_map(NAT_TX_PUBLIC, XDP_DROP);
 }
 
+LB_INLINE int lb_nat_return6(struct xdp_md *ctx); /* nat6.h, or a stub (lb.bpf.c.j2) */
+
 /* the entry point for the private interface */
 int lb_nat_return(struct xdp_md *ctx)
 {
@@ -355,7 +357,7 @@ int lb_nat_return(struct xdp_md *ctx)
     if (v == NAT_ICMP)
         return nat_icmp(ctx, false);
     if (feature_ipv6() && v == IPV6_PACKET)
-        return verdict(G_PASS_NOT_IPV4, XDP_PASS); /* no IPv6 NAT: the stack's */
+        return lb_nat_return6(ctx); /* nat6.h (a stub without IPv6 NAT) */
     if (v != FURTHER_PROCESSING)
         return v;
     __u32 zero = 0;

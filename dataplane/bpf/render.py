@@ -22,6 +22,7 @@ HEADERS = (
     "ipv6_maps.h",
     "scheduling6.h",
     "ipv6.h",
+    "nat6.h",
 )
 # conntrack.h is a template: the IPv4 table, and (feature ipv6) the IPv6 one, from one
 # source (key words loaded into registers and compared one by one)

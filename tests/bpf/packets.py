@@ -133,3 +133,25 @@ def check_ipv4(ip: bytes) -> None:
     src, dst = str(IPv4Address(ip[12:16])), str(IPv4Address(ip[16:20]))
     if proto in (TCP, UDP):
         assert csum(_pseudo(src, dst, proto, len(l4)) + l4) == 0, "L4 checksum"
+
+
+ICMP6 = 58
+
+
+def icmp6(src: str, dst: str, type_: int, code: int, rest: int, body: bytes) -> bytes:
+    """An ICMPv6 message (RFC 4443) with its checksum over the IPv6 pseudo header."""
+    msg = struct.pack("!BBHI", type_, code, 0, rest) + body
+    c = csum(_pseudo(src, dst, ICMP6, len(msg)) + msg)
+    return msg[:2] + struct.pack("!H", c) + msg[4:]
+
+
+def check_ipv6(ip: bytes) -> None:
+    """The TCP, UDP or ICMPv6 checksum over the IPv6 pseudo header is valid (and a UDP
+    checksum is not 0, which IPv6 does not allow)."""
+    nh = ip[6]
+    length = struct.unpack("!H", ip[4:6])[0]
+    l4 = ip[40 : 40 + length]
+    src, dst = str(IPv6Address(ip[8:24])), str(IPv6Address(ip[24:40]))
+    if nh == UDP:
+        assert l4[6:8] != b"\0\0", "UDP checksum 0 in IPv6"
+    assert csum(_pseudo(src, dst, nh, len(l4)) + l4) == 0, "L4 checksum over the pseudo header"

@@ -14,38 +14,25 @@ daemon's status for a state, with a generous deadline, and never asserts a durat
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from runtime.control import ControlError, request
 from runtime.daemon import Daemon, Options
-from tests.netns.topo import Netns, Topology, ask, inside, start_client
-from tests.netns.xdp_lab import dr_segment, pass_on_switch
+from tests.netns.daemon_lab import DEADLINE_S, server_states, write_check_script
+from tests.netns.daemon_lab import DaemonLab as Lab
+from tests.netns.topo import Topology, inside, start_client
+from tests.netns.xdp_lab import dr_segment, link_mac, pass_on_switch
 
 pytestmark = pytest.mark.netns
 
-ROOT = Path(__file__).resolve().parents[2]
 VIP = "198.18.30.100"
 DIRECTOR = "198.18.30.1"
 CLIENT_ADDR = "198.18.30.2"
 REALS = {"rs1": "198.18.30.11", "rs2": "198.18.30.12", "rs3": "198.18.30.13"}
-DEADLINE_S = 30.0
-
-CHECK_SCRIPT = """#!/bin/sh
-# send_program for the tests: prints what the state file of real server $1 says
-cat "{dir}/$1" 2>/dev/null || echo missing
-"""
 
 
 def server_block(name: str, weight: int = 1, active: int = 1) -> str:
@@ -65,183 +52,10 @@ def virtual(name: str, port: int, body: str, servers: str, protocol: str = "tcp"
     )
 
 
-@dataclass
-class Lab:
-    topo: Topology
-    lb: Netns
-    client_ns: Netns
-    reals: dict[str, Netns]
-    client: subprocess.Popen
-    work: Path
-    tcp: dict[str, subprocess.Popen] = field(default_factory=dict)
-    udp: dict[str, subprocess.Popen] = field(default_factory=dict)
-    daemon: subprocess.Popen | None = None
-    n: int = 0
-
-    # ---------------------------------------------------------------- client
-
-    def ask(self, **command: object) -> object:
-        return ask(self.client, **command)
-
-    def names(self, port: int = 80, n: int = 20) -> set[str]:
-        # a failed connection answers "error" (a server leaving shows as one)
-        got = self.ask(
-            op="names", src=CLIENT_ADDR, dst=VIP, port=port, n=n, timeout=2, tolerant=True
-        )
-        return set(got)
-
-    def udp_names(self, port: int = 53, n: int = 10) -> set[str]:
-        # 3 s per answer: servers.py can be that slow on a loaded machine, and a lost
-        # answer would read as a server the dataplane does not send to
-        got = self.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=port, n=n, timeout=3, tolerant=True)
-        return set(got)
-
-    # ---------------------------------------------------------------- real servers
-
-    def start_tcp(self, name: str, ports: tuple[int, ...] = (80, 8080)) -> None:
-        self.tcp[name] = self.topo.serve(self.reals[name], name=name, tcp=ports)
-
-    def stop_tcp(self, name: str) -> None:
-        _stop(self.tcp.pop(name))
-
-    def start_udp(self, name: str) -> None:
-        self.udp[name] = self.topo.serve(self.reals[name], name=name, udp=[53])
-
-    def stop_udp(self, name: str) -> None:
-        _stop(self.udp.pop(name))
-
-    def set_check(self, name: str, answer: str) -> None:
-        (self.work / "state" / REALS[name]).write_text(answer + "\n")
-
-    # ---------------------------------------------------------------- daemon
-
-    @property
-    def config(self) -> Path:
-        return self.work / "lvs.cf"
-
-    @property
-    def socket(self) -> str:
-        return str(self.work / "control.sock")
-
-    @property
-    def pin_dir(self) -> str:
-        return f"/sys/fs/bpf/lvsr-daemon-test-{os.getpid()}"
-
-    def write_config(self, text: str) -> None:
-        self.config.write_text("network = direct\n" + text)
-
-    def start(self, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-        self.n += 1
-        log = open(self.work / f"daemon-{self.n}.log", "w")  # noqa: SIM115 - the process owns it
-        # nsenter, not `ip netns exec`: that one mounts a fresh /sys, which would hide
-        # the host's bpffs and with it the pinned maps a restarted daemon adopts
-        self.daemon = subprocess.Popen(
-            [
-                "nsenter",
-                f"--net=/run/netns/{self.lb.name}",
-                sys.executable,
-                "-m",
-                "runtime.daemon_cli",
-                "run",
-                "-c",
-                str(self.config),
-                "--dataplane",
-                "xdp",
-                "--interface",
-                "eth0",
-                "--pin-dir",
-                self.pin_dir,
-                "--socket",
-                self.socket,
-                "--metrics",
-                "off",
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            env={**os.environ, **(env or {})},
-        )
-        self.lb.procs.append(self.daemon)
-        self.wait(lambda s: True, what="the control socket answers")
-        return self.daemon
-
-    def log(self) -> str:
-        return (self.work / f"daemon-{self.n}.log").read_text()
-
-    def status(self) -> dict:
-        answer = request(self.socket, "status", timeout=10)
-        if not answer["ok"]:  # starting
-            raise ControlError(answer["error"])
-        return answer["status"]
-
-    def wait(self, predicate: Callable[[dict], bool], what: str) -> dict:
-        deadline = time.monotonic() + DEADLINE_S
-        last: dict | str = "no answer"
-        while time.monotonic() < deadline:
-            if self.daemon is not None and self.daemon.poll() is not None:
-                raise AssertionError(f"daemon exited {self.daemon.returncode}:\n{self.log()}")
-            try:
-                last = self.status()
-                if predicate(last):
-                    return last
-            except (ControlError, OSError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting until {what}; last status {last}\n{self.log()}")
-
-    def wait_servers(self, virtual: str, **states: str) -> dict:
-        def ok(s: dict) -> bool:
-            got = server_states(s, virtual)
-            return all(got.get(k) == v for k, v in states.items())
-
-        return self.wait(ok, f"{virtual}: {states}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        assert self.daemon is not None
-        self.daemon.send_signal(sig)
-        code = self.daemon.wait(30)
-        self.daemon = None
-        return code
-
-    def reload(self) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "runtime.daemon_cli", "reload", "--socket", self.socket],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=str(ROOT),
-        )
-
-
-def _stop(p: subprocess.Popen) -> None:
-    p.send_signal(signal.SIGTERM)
-    p.wait(10)
-
-
-def server_states(status: dict, virtual: str) -> dict[str, str]:
-    for vs in status["virtuals"]:
-        if vs["name"] == virtual:
-            # "?" while the dataplane has not caught up with a server's verdict yet
-            # (an up server not in it, a down one still in it)
-            return {
-                rs["name"]: (
-                    "?"
-                    if (rs["state"] == "up") != rs["in_dataplane"] and rs["state"] in ("up", "down")
-                    else rs["state"]
-                )
-                for rs in vs["servers"]
-            }
-    return {}
-
-
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     work = tmp_path_factory.mktemp("daemon-xdp")
-    (work / "state").mkdir()
-    script = work / "check.sh"
-    script.write_text(CHECK_SCRIPT.format(dir=work / "state"))
-    script.chmod(0o755)
+    write_check_script(work)
     with Topology("daemon-xdp") as t:
         seg = dr_segment(t, clients=[CLIENT_ADDR], director=DIRECTOR, vips=[VIP], reals=REALS)
         # neighbour entries age in about a second here (30 s by default), so that a
@@ -250,14 +64,22 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         seg.director.sysctl("net.ipv4.neigh.eth0.delay_first_probe_time", 1)
         with pass_on_switch(seg):
             proc = start_client(seg.client)
-            lab = Lab(t, seg.director, seg.client, seg.reals, proc, work)
+            lab = Lab(
+                t,
+                seg.director,
+                seg.client,
+                seg.reals,
+                proc,
+                work,
+                tag="daemon-test",
+                addresses=dict(REALS),
+                vip=VIP,
+                src=CLIENT_ADDR,
+            )
             try:
                 yield lab
             finally:
-                if lab.daemon is not None and lab.daemon.poll() is None:
-                    lab.daemon.kill()
-                    lab.daemon.wait()
-                shutil.rmtree(lab.pin_dir, ignore_errors=True)
+                lab.close()
 
 
 @pytest.fixture
@@ -267,11 +89,7 @@ def lab(built: Lab) -> Iterator[Lab]:
             built.start_tcp(name)
         built.set_check(name, "ok")
     yield built
-    if built.daemon is not None and built.daemon.poll() is None:
-        built.stop()
-    for name in list(built.udp):
-        built.stop_udp(name)
-    shutil.rmtree(built.pin_dir, ignore_errors=True)
+    built.reset()
 
 
 # --------------------------------------------------------------------------- tests
@@ -465,19 +283,9 @@ def test_a_replaced_real_server_with_a_new_mac_keeps_working(lab: Lab) -> None:
     lab.start()
     lab.wait_servers("web", rs1="up", rs2="up")
     assert lab.names() == {"rs1", "rs2"}
-    rs1 = lab.reals["rs1"]
-    old = json.loads(rs1.ip("-j", "link", "show", "eth0"))[0]["address"]
+    old = link_mac(lab.reals["rs1"]).hex(":")
     new = "02:00:5e:00:53:11" if old != "02:00:5e:00:53:11" else "02:00:5e:00:53:12"
-    rs1.ip("link", "set", "eth0", "address", new)  # the same address on another machine
-    deadline = time.monotonic() + DEADLINE_S
-    while f"MAC of {REALS['rs1']} is now {new}" not in lab.log():
-        assert time.monotonic() < deadline, lab.log()
-        time.sleep(0.2)
-    lab.wait_servers("web", rs1="up")
-    deadline = time.monotonic() + DEADLINE_S
-    while lab.names(n=30) != {"rs1", "rs2"}:  # rs1's share arrives at the new MAC
-        assert time.monotonic() < deadline, lab.log()
-        time.sleep(0.5)
+    lab.replace_real("rs1", "web", new)
 
 
 def test_hard_shutdown_when_a_checker_dies_removes_our_services(lab: Lab) -> None:

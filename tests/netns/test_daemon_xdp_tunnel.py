@@ -15,7 +15,6 @@ The real servers' kernel has no ``ipip`` module, so they run our decap program
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 
@@ -24,7 +23,8 @@ from bcc import BPF
 
 from dataplane.decap import Decap
 from dataplane.xdp import attach_xdp
-from tests.netns.test_daemon_xdp import CLIENT_ADDR, VIP, Lab
+from tests.netns.daemon_lab import DaemonLab as Lab
+from tests.netns.test_daemon_xdp import CLIENT_ADDR, VIP
 from tests.netns.topo import Topology, inside, start_client
 from tests.netns.xdp_lab import PASS_PROGRAM
 
@@ -90,22 +90,19 @@ def lab(tmp_path) -> Iterator[Lab]:
         with inside(near):  # XDP_TX from the director's eth0 arrives here
             assert attach_xdp(pass_fn, "director") == "native"
         proc = start_client(client)
-        lab = Lab(t, lb, client, reals, proc, tmp_path)
+        lab = Lab(t, lb, client, reals, proc, tmp_path, vip=VIP, src=CLIENT_ADDR)
         for name in RIPS:
             lab.start_tcp(name)
         try:
             yield lab
         finally:
-            if lab.daemon is not None and lab.daemon.poll() is None:
-                lab.daemon.kill()
-                lab.daemon.wait()
-            shutil.rmtree(lab.pin_dir, ignore_errors=True)
+            lab.close()
     decap.close()
     passer.cleanup()
 
 
 def test_tunnelled_service_behind_a_router_uses_the_gateways_mac(lab: Lab) -> None:
-    lab.config.write_text(config())
+    lab.write_config(config(), network=None)
     lab.start("--on-stop", "remove")
     lab.wait_servers("web", rs1="up", rs2="up")
     assert lab.names(n=30) == {"rs1", "rs2"}  # through the gateway, decapsulated

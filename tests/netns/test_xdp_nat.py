@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
-from bcc import BPF
 
 from compiler import compile_text
 from dataplane.plan import Sizes, plan
-from dataplane.xdp import RealState, XdpDataplane, attach_xdp
+from dataplane.xdp import RealState, XdpDataplane
+from tests.netns.daemon_lab import nat_config, nat_segment, nat_virtual
 from tests.netns.topo import Netns, Topology, inside, start_client
-from tests.netns.xdp_lab import PASS_PROGRAM, XdpLab, link_mac
+from tests.netns.xdp_lab import XdpLab, link_mac
 
 pytestmark = pytest.mark.netns
 
@@ -43,41 +43,15 @@ REALS = {"rs1": ("198.18.31.11", 1), "rs2": ("198.18.31.12", 2)}
 TCP, UDP = 6, 17
 
 
-def _servers(port: int) -> str:
-    return "".join(
-        f"  server {n} {{\n    address = {a}\n    active = 1\n    port = {port}\n"
-        f"    weight = {w}\n  }}\n"
-        for n, (a, w) in REALS.items()
-    )
-
-
-CONFIG = f"""network = nat
-nat_router = {NAT_ROUTER} eth1:1
-virtual web {{
-  active = 1
-  address = {VIP} eth0:1
-  port = 80
-  scheduler = wrr
-{_servers(8080)}}}
-virtual dns {{
-  active = 1
-  address = {VIP} eth0:1
-  port = 53
-  protocol = udp
-  scheduler = wrr
-  send = "x"
-  expect = "y"
-{_servers(5353)}}}
-virtual closed {{
-  active = 1
-  address = {VIP} eth0:1
-  port = 54
-  protocol = udp
-  scheduler = wrr
-  send = "x"
-  expect = "y"
-{_servers(5454)}}}
-"""
+CHECK = ('send = "x"', 'expect = "y"')
+CONFIG = nat_config(
+    NAT_ROUTER,
+    nat_virtual("web", vip=VIP, port=80, reals=REALS, real_port=8080),
+    nat_virtual("dns", vip=VIP, port=53, protocol="udp", reals=REALS, real_port=5353, lines=CHECK),
+    nat_virtual(
+        "closed", vip=VIP, port=54, protocol="udp", reals=REALS, real_port=5454, lines=CHECK
+    ),
+)
 
 
 @dataclass
@@ -93,34 +67,22 @@ def built() -> Iterator[Lab]:
     p = plan(result.config, Sizes(max_services=8, max_reals=16, ct_size=4093, persist_size=1021))
     assert p.features == {"nat"}
     dp = XdpDataplane(p, pin_dir=None)
-    passer = BPF(text=PASS_PROGRAM)
-    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
-    with Topology("xdp-nat") as t:
-        client, lb, sw = t.netns("client"), t.netns("director"), t.netns("private")
-        t.veth(client, "eth0", lb, "eth0")
-        t.bridge(sw)
-        t.veth(lb, "eth1", sw, "director")
-        t.attach(sw, "director")
-        client.addr("eth0", f"{CLIENT_ADDR}/24")
-        client.no_tx_offload("eth0")
-        lb.addr("eth0", f"{DIRECTOR}/24")
-        lb.addr("eth0", f"{VIP}/32")
-        lb.addr("eth1", f"{NAT_ROUTER}/24")
-        lb.sysctl("net.ipv4.ip_forward", 0)  # replies reach the client through XDP only
+    with (
+        Topology("xdp-nat") as t,
+        nat_segment(
+            t,
+            client=CLIENT_ADDR,
+            director=DIRECTOR,
+            vip=VIP,
+            nat_router=NAT_ROUTER,
+            reals={name: addr for name, (addr, _w) in REALS.items()},
+        ) as seg,
+    ):
+        lb, client = seg.director, seg.client
         macs = {}
         for name, (addr, _w) in REALS.items():
-            rs = t.netns(name)
-            t.veth(rs, "eth0", sw, name)
-            t.attach(sw, name)
-            rs.addr("eth0", f"{addr}/24")
-            rs.route("default", "via", NAT_ROUTER)
-            rs.no_tx_offload("eth0")  # their replies cross XDP
-            t.serve(rs, name=name, tcp=[8080], udp=[5353])
-            macs[IPv4Address(addr)] = link_mac(rs)
-        with inside(client):  # redirected to the director's eth0: arrives here
-            assert attach_xdp(pass_fn, "eth0") == "native"
-        with inside(sw):  # redirected to the director's eth1: arrives here
-            assert attach_xdp(pass_fn, "director") == "native"
+            t.serve(seg.reals[name], name=name, tcp=[8080], udp=[5353])
+            macs[IPv4Address(addr)] = link_mac(seg.reals[name])
         dp.sync(macs)
         with inside(lb):
             dp.configure_nat(
@@ -133,7 +95,6 @@ def built() -> Iterator[Lab]:
             assert dp.attach("eth0") == "native"
         proc = start_client(client)
         yield Lab(dp, p, macs, proc, CLIENT_ADDR, director=lb, client_ns=client)
-    passer.cleanup()
     dp.close()
 
 

@@ -40,10 +40,10 @@ def test_a_nat_virtual_without_a_nat_interface_is_refused_at_its_network_line() 
 def test_with_a_nat_interface_a_nat_virtual_passes_the_check() -> None:
     result = compile_text("lvs.cf", CF)
     backend = XdpBackend("lo", pin_dir="/nonexistent/never-used", nat_interface="lo")
-    assert "nat" in backend._plan(result.config).features
+    assert "nat" in backend.plan(result.config).features
 
 
 def test_direct_routing_passes_the_check() -> None:
     result = compile_text("lvs.cf", CF.replace("network = nat", "network = direct"))
-    plan = XdpBackend("lo", pin_dir="/nonexistent/never-used")._plan(result.config)
+    plan = XdpBackend("lo", pin_dir="/nonexistent/never-used").plan(result.config)
     assert "nat" not in plan.features

@@ -143,7 +143,6 @@ def test_ipv6_direct_routing_is_compiled_in_with_its_own_path() -> None:
 @pytest.mark.parametrize(
     ("kw", "words"),
     [
-        ({"net": "nat"}, "nat forwarding is not done for IPv6"),
         ({"rip": "198.18.1.1"}, "server s 198.18.1.1 is not IPv6 like the VIP"),
     ],
 )

@@ -1,0 +1,217 @@
+"""Live IPv6 NAT traffic through the XDP program (nat6.h): real sockets, real veths,
+native XDP on both of the director's interfaces; the IPv6 twin of test_xdp_nat.py.
+
+    client (eth0) ---- (eth0) director (eth1) ---- bridge ---- rs1, rs2
+    2001:2:0:40::/64                2001:2:0:41::/64
+
+The client and the director share the public segment (the VIP, a /128 on the
+director's eth0, is answered for by the director's neighbour discovery, which our
+program passes to its stack). The real servers sit on the private segment with the
+director's nat_router address as their default route and run tests/netns/servers.py
+on [::]:8080/tcp and [::]:5353/udp, the VIP's 80 and 53 mapped to them. The director's
+eth0 runs lb_ingress, eth1 lb_nat_return; IPv6 forwarding stays off in the director,
+so every reply that reaches the client went through our program. Frames redirected
+into a veth arrive only when the peer runs an XDP program: the client's eth0 and the
+bridge's director port run an XDP_PASS one; the senders compute checksums in
+software. Every address is nodad (no duplicate address detection to wait for).
+
+Each connection's real server is predicted from the loader's Maglev table and the
+program's flow hash over the IPv6 5-tuple, so the assertions are exact per
+connection."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from ipaddress import IPv6Address
+
+import pytest
+from bcc import BPF
+
+from compiler import compile_text
+from dataplane.plan import Sizes, plan
+from dataplane.xdp import RealState, XdpDataplane, attach_xdp
+from tests.netns.topo import Netns, Topology, inside, start_client
+from tests.netns.xdp_lab import PASS_PROGRAM, XdpLab, link_mac
+
+pytestmark = pytest.mark.netns
+
+PUBLIC, PRIVATE = "2001:2:0:40::", "2001:2:0:41::"
+VIP = f"{PUBLIC}100"
+CLIENT_ADDR = f"{PUBLIC}2"
+DIRECTOR = f"{PUBLIC}1"
+NAT_ROUTER = f"{PRIVATE}fe"
+REALS = {"rs1": (f"{PRIVATE}11", 1), "rs2": (f"{PRIVATE}12", 2)}
+TCP, UDP = 6, 17
+
+
+def _servers(port: int) -> str:
+    return "".join(
+        f"  server {n} {{\n    address = {a}\n    active = 1\n    port = {port}\n"
+        f"    weight = {w}\n  }}\n"
+        for n, (a, w) in REALS.items()
+    )
+
+
+def _virtual(name: str, port: int, rport: int, proto: str) -> str:
+    udp = f'  protocol = {proto}\n  send = "x"\n  expect = "y"\n' if proto == "udp" else ""
+    return (
+        f"virtual {name} {{\n  active = 1\n  address = {VIP} eth0\n  port = {port}\n"
+        f"  scheduler = wrr\n{udp}{_servers(rport)}}}\n"
+    )
+
+
+CONFIG = (
+    f"network = nat\nnat_router = {NAT_ROUTER} eth1\n"
+    + _virtual("web6", 80, 8080, "tcp")
+    + _virtual("dns6", 53, 5353, "udp")
+    + _virtual("closed6", 54, 5454, "udp")
+)
+
+
+@dataclass
+class Lab(XdpLab):
+    director: Netns | None = None
+    client_ns: Netns | None = None
+
+
+def _addr6(ns: Netns, dev: str, cidr: str) -> None:
+    ns.ip("-6", "addr", "add", cidr, "dev", dev, "nodad")
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[Lab]:
+    result = compile_text("nat6.cf", CONFIG)
+    assert result.ok, result.diagnostics
+    sizes = Sizes(max_services=8, max_reals=16, ct_size=4093, persist_size=1021)
+    p = plan(result.config, sizes, ipv6=True)
+    assert p.features == {"nat", "ipv6"}
+    dp = XdpDataplane(p, pin_dir=None)
+    passer = BPF(text=PASS_PROGRAM)
+    pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
+    with Topology("xdp-nat6") as t:
+        client, lb, sw = t.netns("client"), t.netns("director"), t.netns("private")
+        t.veth(client, "eth0", lb, "eth0")
+        t.bridge(sw)
+        t.veth(lb, "eth1", sw, "director")
+        t.attach(sw, "director")
+        _addr6(client, "eth0", f"{CLIENT_ADDR}/64")
+        client.no_tx_offload("eth0")
+        _addr6(lb, "eth0", f"{DIRECTOR}/64")
+        _addr6(lb, "eth0", f"{VIP}/128")
+        _addr6(lb, "eth1", f"{NAT_ROUTER}/64")
+        lb.sysctl("net.ipv6.conf.all.forwarding", 0)  # replies reach the client through XDP only
+        macs = {}
+        for name, (addr, _w) in REALS.items():
+            rs = t.netns(name)
+            t.veth(rs, "eth0", sw, name)
+            t.attach(sw, name)
+            _addr6(rs, "eth0", f"{addr}/64")
+            rs.ip("-6", "route", "add", "default", "via", NAT_ROUTER)
+            rs.no_tx_offload("eth0")  # their replies cross XDP
+            t.serve(rs, name=name, tcp=[8080], udp=[5353], bind="::")
+            macs[IPv6Address(addr)] = link_mac(rs)
+        with inside(client):  # redirected to the director's eth0: arrives here
+            assert attach_xdp(pass_fn, "eth0") == "native"
+        with inside(sw):  # redirected to the director's eth1: arrives here
+            assert attach_xdp(pass_fn, "director") == "native"
+        dp.sync(macs)
+        with inside(lb):
+            dp.configure_nat(
+                private_ifindex=socket.if_nametoindex("eth1"),
+                public_ifindex=socket.if_nametoindex("eth0"),
+                private_mac=link_mac(lb, "eth1"),
+                public_mac=link_mac(lb),
+            )
+            assert dp.attach_nat("eth1") == "native"
+            assert dp.attach("eth0") == "native"
+        lab = Lab(dp, p, macs, start_client(client), CLIENT_ADDR, director=lb, client_ns=client)
+        # Warm up neighbour discovery (the client's for the VIP, each real server's for
+        # nat_router, link-local addresses on fresh veths): a SYN whose answer waits
+        # for it is retransmitted.
+        names = lab.ask(op="names", dst=VIP, port=80, n=20, tolerant=True, timeout=10)
+        assert {"rs1", "rs2"} <= set(names)
+        yield lab
+    passer.cleanup()
+    dp.close()
+
+
+@pytest.fixture
+def lab(built: Lab) -> Lab:
+    built.sync({})
+    built.dp.maps.clear_flows()
+    built.dp.maps.reset_counters()
+    return built
+
+
+def test_many_tcp_connections_complete_through_port_mapping(lab: Lab) -> None:
+    web = lab.service("web6")
+    conns = lab.ask(op="many", src=CLIENT_ADDR, dst=VIP, port=80, n=200)
+    names = [name for _sport, name in conns]
+    assert names == [lab.expected(web, sport) for sport, _name in conns]
+    assert set(names) == {"rs1", "rs2"}
+    flows = lab.dp.maps.nat_flows6()
+    for sport, name in conns:  # each reply was keyed [RIP]:8080 -> client:sport
+        key = (IPv6Address(REALS[name][0]), 8080, IPv6Address(CLIENT_ADDR), sport, TCP)
+        assert flows[key] == (IPv6Address(VIP), 80)
+    c = lab.dp.maps.global_counters()
+    # at least SYN, ACK, data, FIN, ACK in and SYN-ACK, greeting, echo, FIN out each
+    assert c["nat_in"] >= 200 * 4 and c["nat_out"] >= 200 * 3
+    assert c["pass_hop_limit"] == 0
+
+
+def test_udp_exchanges_complete_through_port_mapping(lab: Lab) -> None:
+    dns = lab.service("dns6")
+    answers = lab.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=53, n=100, ports=True)
+    assert [n for _s, n in answers] == [lab.expected(dns, s) for s, _n in answers]
+    assert {n for _s, n in answers} == {"rs1", "rs2"}
+    assert lab.dp.maps.global_counters()["nat_out"] == 100
+
+
+def test_long_lived_connection_survives_a_weight_change(lab: Lab) -> None:
+    web = lab.service("web6")
+    sport, name = lab.ask(op="hold", src=CLIENT_ADDR, dst=VIP, port=80)
+    assert name == lab.expected(web, sport)
+    held = next(r for r in web.reals if r.name == name)
+    other = next(r for r in web.reals if r.name != name)
+    assert lab.ask(op="echo", sport=sport, data="before") == "before"
+    lab.sync({other.index: RealState(weight=5)})  # the table moves slots around
+    assert lab.ask(op="echo", sport=sport, data="reweighted") == "reweighted"
+    lab.sync({held.index: RealState(weight=0)})  # its own server quiesced
+    for i in range(5):
+        assert lab.ask(op="echo", sport=sport, data=f"still-{i}") == f"still-{i}"
+    conns = lab.ask(op="many", src=CLIENT_ADDR, dst=VIP, port=80, n=40)
+    assert {n for _s, n in conns} == {other.name}  # new ones avoid the quiesced one
+    assert lab.ask(op="echo", sport=sport, data="last") == "last"
+    lab.ask(op="close", sport=sport)
+
+
+def test_port_unreachable_from_a_real_server_reaches_the_client_socket(lab: Lab) -> None:
+    """VIP:54 maps to port 5454, where no real server listens: the real server's
+    ICMPv6 port unreachable (about client -> [RIP]:5454) is translated on the private
+    side (about client -> [VIP]:54, from the VIP), so the client's connected socket
+    gets ECONNREFUSED instead of a timeout."""
+    code = (
+        "import socket\n"
+        "u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.settimeout(5)\n"
+        f"u.connect(('{VIP}', 54)); u.send(b'q')\n"
+        "try:\n    u.recv(100); print('answered')\n"
+        "except ConnectionRefusedError:\n    print('refused')\n"
+        "except TimeoutError:\n    print('timeout')\n"
+    )
+    assert lab.client_ns.python(code).strip() == "refused"
+    assert lab.dp.maps.global_counters()["nat_icmp"] == 1
+
+
+def test_the_directors_own_traffic_to_a_real_server_goes_to_its_kernel(lab: Lab) -> None:
+    """A health check from the director (its nat_router address) to a real server: the
+    replies match no NAT flow and are passed to the director's stack."""
+    rip = REALS["rs1"][0]
+    code = (
+        f"import socket; s = socket.create_connection(('{rip}', 8080), timeout=5); "
+        "print(s.recv(100).decode())"
+    )
+    assert lab.director.python(code).strip() == "rs1"
+    c = lab.dp.maps.global_counters()
+    assert c["pass_nat_no_flow"] >= 2 and c["nat_out"] == 0
