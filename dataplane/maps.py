@@ -253,6 +253,7 @@ LAYOUTS: dict[str, tuple[Any, Any]] = {
 LAYOUTS6: dict[str, tuple[Any, Any]] = {
     "services6": (ServiceKey6, Service),
     "service_info6": (U32, ServiceInfo6),
+    "service_hints6": (U32, U32),
     "vips6": (VipKey6, U32),
     "conntrack6": (U32, CtSet6),
     "reals6": (U32, ct.c_uint32 * 4),
@@ -266,6 +267,7 @@ LAYOUTS_NAT6: dict[str, tuple[Any, Any]] = {"nat_rev6": (U32, CtSet6)}
 HASH, ARRAY, PERCPU_ARRAY, LRU_HASH, DEVMAP = 1, 2, 6, 9, 14
 # connection tables (arrays of CtSet): a resized one is refilled by carry_over()
 CT_TABLES = ("conntrack", "nat_rev")
+CT_TABLES6 = ("conntrack6", "nat_rev6")  # the IPv6 ones (sets of CtSet6, by ct6_hash)
 KINDS = {
     "services": (HASH, 0),
     "service_info": (ARRAY, 0),
@@ -287,6 +289,7 @@ KINDS = {
     "nat_config": (ARRAY, 0),
     "services6": (HASH, 0),
     "service_info6": (ARRAY, 0),
+    "service_hints6": (ARRAY, 0),
     "vips6": (HASH, 0),
     "conntrack6": (ARRAY, 0),
     "reals6": (ARRAY, 0),
@@ -329,6 +332,7 @@ def shapes(sizes: Sizes) -> dict[str, MapShape]:
         "nat_config": 1,
         "services6": sizes.max_services,
         "service_info6": sizes.max_services,
+        "service_hints6": svc_hints(sizes),
         "vips6": sizes.max_services,
         "conntrack6": ct_sets(sizes),
         "reals6": sizes.max_reals,
@@ -424,18 +428,34 @@ def svc_hint_slot(key: ServiceKey, slots: int) -> int:
     return (h >> 32) & (slots - 1)
 
 
+def svc_hint_slot6(key: ServiceKey6, slots: int) -> int:
+    """ipv6.h's svc_hint_slot6(): the VIP's four words folded, then svc_hint_slot."""
+    fold = key.vip[0] ^ key.vip[1] ^ key.vip[2] ^ key.vip[3]
+    h = ((fold * 0x9E3779B97F4A7C15) ^ (((key.port << 8) | key.proto) * 0xC2B2AE3D27D4EB4F)) & _M64
+    return (h >> 32) & (slots - 1)
+
+
 def lc_second_hash(h: int) -> int:
     """scheduling.h's lc_second_hash(): the least-connection family's second
     candidate is the real at this hash's Maglev slot (h: the first one's hash)."""
     return _final(h ^ 0x5BD1E995)
 
 
-def ct_entries(raw: bytes) -> list[tuple[int, FlowKey, FlowState]]:
+def _set_hash(key: object) -> int:
+    """The hash whose low bits pick the set of a key of either connection table."""
+    if isinstance(key, FlowKey6):
+        return ct6_hash(key)
+    k = _flow_tuple(key)
+    return ct_hash(k[0], k[2], k[1], k[3], k[4])
+
+
+def ct_entries(raw: bytes, set_type: type = CtSet) -> list[tuple[int, Any, FlowState]]:
     """The entries of a connection table read whole (``raw``: its sets, as
-    :func:`~dataplane.libbpf.array_values` returns them), as (age in its set, key,
-    value): age 0 is the most recently used of its set. Sets a program was writing
-    during the read (odd seq) are left out."""
-    sets = (CtSet * (len(raw) // ct.sizeof(CtSet))).from_buffer_copy(raw)
+    :func:`~dataplane.libbpf.array_values` returns them; ``set_type`` CtSet, or
+    CtSet6 for conntrack6 and nat_rev6), as (age in its set, key, value): age 0 is
+    the most recently used of its set. Sets a program was writing during the read
+    (odd seq) are left out."""
+    sets = (set_type * (len(raw) // ct.sizeof(set_type))).from_buffer_copy(raw)
     out = []
     for cs in sets:
         if cs.seq & 1:
@@ -446,23 +466,25 @@ def ct_entries(raw: bytes) -> list[tuple[int, FlowKey, FlowState]]:
     return out
 
 
-def fill_ct_sets(n_sets: int, entries: list[tuple[int, FlowKey, FlowState]]) -> tuple[bytes, int]:
-    """A connection table of ``n_sets`` sets holding ``entries`` (age, key, value),
-    each in the set of its key's flow hash; a set offered more than CT_WAYS keeps its
-    youngest. Returns the sets' bytes and how many entries they hold."""
-    by_set: dict[int, list[tuple[int, FlowKey, FlowState]]] = {}
+def fill_ct_sets(
+    n_sets: int, entries: list[tuple[int, Any, FlowState]], set_type: type = CtSet
+) -> tuple[bytes, int]:
+    """A connection table of ``n_sets`` sets (of ``set_type``) holding ``entries``
+    (age, key, value), each in the set of its key's hash (ct_hash, or ct6_hash for
+    IPv6 keys); a set offered more than CT_WAYS keeps its youngest. Returns the sets'
+    bytes and how many entries they hold."""
+    by_set: dict[int, list[tuple[int, Any, FlowState]]] = {}
     for age, key, val in entries:
-        k = _flow_tuple(key)
-        h = ct_hash(k[0], k[2], k[1], k[3], k[4])
-        by_set.setdefault(h & (n_sets - 1), []).append((age, key, val))
-    sets = (CtSet * n_sets)()
+        by_set.setdefault(_set_hash(key) & (n_sets - 1), []).append((age, key, val))
+    sets = (set_type * n_sets)()
+    key_type = FlowKey6 if set_type is CtSet6 else FlowKey
     kept = 0
     for index, offered in by_set.items():
         youngest = sorted(offered, key=lambda e: e[0])[:CT_WAYS]
         cs = sets[index]
         cs.tick = len(youngest)
         for way, (_age, key, val) in enumerate(reversed(youngest)):  # oldest first
-            cs.key[way] = FlowKey.from_buffer_copy(bytes(key))
+            cs.key[way] = key_type.from_buffer_copy(bytes(key))
             cs.val[way] = FlowState.from_buffer_copy(bytes(val))
             cs.stamp[way] = way + 1
             kept += 1
@@ -555,8 +577,8 @@ class LbMaps:
     def set_service6(
         self, vip: IPv6Address, port: int, proto: int, value: tuple[int, int, int, int]
     ) -> None:
-        """As :meth:`set_service`, into services6 and service_info6 (no hints: the
-        IPv6 path looks the hash up); ``value`` is (index, flags, persist_s, prefix
+        """As :meth:`set_service`, into services6, service_info6 and service_hints6;
+        ``value`` is (index, flags, persist_s, prefix
         length of persistence: struct service.pmask holds it for IPv6)."""
         self.writes += 1
         index, flags, persist_s, plen = value
@@ -566,6 +588,8 @@ class LbMaps:
         info[info.Key(index)] = _cast(ServiceInfo6(key, svc), info.Leaf)
         t = self._t["services6"]
         t[_cast(key, t.Key)] = _cast(svc, t.Leaf)
+        hints = self._t["service_hints6"]  # the program checks it against service_info6
+        hints[hints.Key(svc_hint_slot6(key, svc_hints(self.sizes)))] = hints.Leaf(index + 1)
 
     def delete_service6(self, vip: IPv6Address, port: int, proto: int) -> None:
         self.writes += 1
@@ -847,8 +871,10 @@ class LbMaps:
         replaced pin with ``old_sets`` sets) into this program's, before it runs:
         each entry goes to its set in the new geometry, the youngest CT_WAYS of a set
         when more land there. Read twice while an old program may still write: only
-        sets read the same both times are copied. Returns the entries copied."""
-        size = ct.sizeof(CtSet)
+        sets read the same both times are copied. Returns the entries copied. Any of
+        CT_TABLES and CT_TABLES6 (IPv6 keys, ct6_hash)."""
+        set_type = CtSet6 if name in CT_TABLES6 else CtSet
+        size = ct.sizeof(set_type)
         first = array_values(old_fd, size, old_sets)
         second = array_values(old_fd, size, old_sets)
         stable = b"".join(
@@ -856,18 +882,19 @@ class LbMaps:
             for i in range(0, len(first), size)
             if first[i : i + size] == second[i : i + size]
         )
-        raw, kept = fill_ct_sets(ct_sets(self.sizes), ct_entries(stable))
+        raw, kept = fill_ct_sets(ct_sets(self.sizes), ct_entries(stable, set_type), set_type)
         self._write_sets(name, raw)
         return kept
 
     def _write_sets(self, name: str, raw: bytes) -> None:
         t = self._t[name]
-        n = len(raw) // ct.sizeof(CtSet)
+        size = ct.sizeof(CtSet6 if name in CT_TABLES6 else CtSet)
+        n = len(raw) // size
         step = 4096
         for i in range(0, n, step):
             m = min(step, n - i)
             keys = (t.Key * m)(*range(i, i + m))
-            chunk = raw[i * ct.sizeof(CtSet) : (i + m) * ct.sizeof(CtSet)]
+            chunk = raw[i * size : (i + m) * size]
             t.items_update_batch(keys, (t.Leaf * m).from_buffer_copy(chunk))
 
     def ct_set(self, name: str, index: int) -> CtSet:
@@ -884,13 +911,9 @@ class LbMaps:
         zero = bytes(ct.sizeof(CtSet) * ct_sets(self.sizes))
         for name in CT_TABLES:
             self._write_sets(name, zero)
+        zero6 = bytes(ct.sizeof(CtSet6) * ct_sets(self.sizes))
         for name in ("conntrack6",) * self.ipv6 + ("nat_rev6",) * self.nat6:
-            t = self._t[name]
-            n, size = ct_sets(self.sizes), ct.sizeof(CtSet6)
-            for i in range(0, n, 1024):
-                m = min(1024, n - i)
-                keys = (t.Key * m)(*range(i, i + m))
-                t.items_update_batch(keys, (t.Leaf * m).from_buffer_copy(bytes(m * size)))
+            self._write_sets(name, zero6)
         self._t["persist"].clear()
         if self.ipv6:
             self._t["persist6"].clear()

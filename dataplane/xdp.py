@@ -32,6 +32,7 @@ from .bpf.render import PIN_DIR, render
 from .libbpf import map_info, map_items, map_update, obj_get, obj_pin
 from .maps import (
     CT_TABLES,
+    CT_TABLES6,
     HASH,
     LAYOUTS6,
     LAYOUTS_NAT6,
@@ -275,7 +276,7 @@ class XdpDataplane:
                     except OSError:
                         break  # a smaller plain hash map is full
                     copied = n + 1
-            elif same_layout and name in CT_TABLES:  # sets by flow hash: refilled
+            elif same_layout and name in CT_TABLES + CT_TABLES6:  # sets by hash: refilled
                 copied = self.maps.carry_over(name, fd, have.max_entries)
             what = _CONTENT.get(name, "contents (rewritten by sync)")
             fate = f"{copied} entries copied" if copied is not None else f"{what} dropped"

@@ -106,15 +106,43 @@ LB_INLINE bool addr6_eq(const __be32 *a, const __be32 *b)
     return a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3];
 }
 
+/* service_hints6[svc_hint_slot6(key)] = an IPv6 service's index + 1 (0: none), as
+ * service_hints for IPv4: the four words of the VIP folded into one, then IPv4's
+ * multiply (maps.svc_hint_slot6 is the same function) */
+LB_INLINE __u32 svc_hint_slot6(const struct service_key6 *k)
+{
+    __u32 fold = k->vip[0] ^ k->vip[1] ^ k->vip[2] ^ k->vip[3];
+    __u64 h = ((__u64)fold * 0x9e3779b97f4a7c15ull) ^
+              ((__u64)(((__u32)k->port << 8) | k->proto) * 0xc2b2ae3d27d4eb4full);
+    return (h >> 32) & (SVC_HINTS - 1);
+}
+
+/* The IPv6 service under key: its hint, if service_info6 at that index holds this
+ * very key (two inlined array lookups and a 20-byte compare), else the services6 hash
+ * (a non-inlined call: keys whose slot another service took, packets for no service) */
+LB_INLINE struct service *service_by_key6(const struct service_key6 *key)
+{
+    __u32 slot = svc_hint_slot6(key);
+    __u32 *hint = service_hints6.lookup(&slot);
+    if (hint && *hint) {
+        __u32 index = *hint - 1;
+        struct service_info6 *si = service_info6.lookup(&index);
+        if (si && addr6_eq(si->key.vip, key->vip) && si->key.port == key->port &&
+            si->key.proto == key->proto)
+            return &si->svc;
+    }
+    return services6.lookup((struct service_key6 *)key);
+}
+
 /* the IPv6 service a packet is for: (VIP, port, protocol), then port 0 */
 LB_INLINE struct service *find_service6(const struct packet6 *p)
 {
     struct service_key6 key = {.port = p->flow.dport, .proto = p->flow.proto};
     __builtin_memcpy(key.vip, p->flow.daddr, sizeof(key.vip));
-    struct service *svc = services6.lookup(&key);
+    struct service *svc = service_by_key6(&key);
     if (!svc && feature_any_port()) {
         key.port = 0;
-        svc = services6.lookup(&key);
+        svc = service_by_key6(&key);
     }
     return svc;
 }

@@ -3,7 +3,8 @@
  * IPv4: its index (service_stats, rings), its reals (real_stats; reals[i].addr holds
  * a 32-bit tag of the IPv6 address, maps.addr_word, so a flow whose index now holds
  * another server is rescheduled as for IPv4). What is keyed by address has its own
- * map: services6, service_info6 (checked against a tracked flow), vips6 (odd
+ * map: services6, service_info6 (checked against a tracked flow, and against a
+ * service_hints6 slot on a new flow), vips6 (odd
  * packets), conntrack6, the IPv6 connection table (conntrack.h rendered for
  * struct flow_key6: same geometry, same LRU and sequence lock), and persist6, the
  * persistence templates by masked 128-bit source (scheduling6.h). The least-
@@ -61,6 +62,7 @@ struct packet6 {              /* what parse6 found; not shared with Python */
 
 LB_MAP("hash", struct service_key6, struct service, services6, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct service_info6, service_info6, MAX_SERVICES, 0);
+LB_MAP("array", __u32, __u32, service_hints6, SVC_HINTS, 0); /* ipv6.h find_service6 */
 LB_MAP("hash", struct vip_key6, __u32, vips6, MAX_SERVICES, 0);
 LB_MAP("array", __u32, struct ct6_set, conntrack6, CT_SETS, 0);
 LB_MAP("array", __u32, struct real6, reals6, MAX_REALS, 0);

@@ -144,3 +144,43 @@ def test_a_reader_never_replaces_pinned_maps(pin_dir: str) -> None:
     assert reader.maps.service_counters(0).packets == 1
     reader.close()
     first.close()
+
+
+def test_a_resize_refills_the_ipv6_connection_table_and_templates(pin_dir: str) -> None:
+    """conntrack6 is refilled into its new geometry like conntrack (by ct6_hash), and
+    persist6's templates are copied: IPv6 flows keep their real servers, and an
+    established wlc flow keeps its count."""
+    from ipaddress import IPv6Address
+
+    from .packets import tcp6_packet
+    from .test_ipv6_sched import MACS as MACS6
+
+    config = compile_file(str(HERE / "lc6.cf")).config
+    first = XdpDataplane(plan(config, SIZES, ipv6=True), pin_dir=pin_dir)
+    first.sync(MACS6)
+    client, flows = "2001:2:9::5", {}
+    for vip, sport in [("2001:2::21", 42000 + i) for i in range(30)] + [("2001:2::24", 43000)]:
+        out = prog_run(first.prog_fd, tcp6_packet(client, vip, sport, 80, SYN))
+        assert out.retval == XDP_TX
+        flows[(vip, sport)] = out.data[:6]
+    before = first.maps.flows6()
+    conns = first.maps.real_conns()
+    templates = first.maps.templates6()
+    assert len(before) == 31 and sum(conns.values()) == 31 and len(templates) == 1
+    first.close()
+
+    bigger = dataclasses.replace(SIZES, ct_size=4093, persist_size=1021)
+    second = XdpDataplane(plan(config, bigger, ipv6=True), pin_dir=pin_dir)
+    replaced = {r.name: r for r in second.replaced}
+    assert replaced["conntrack6"].copied == 31
+    assert replaced["persist6"].copied == 1
+    assert second.maps.flows6() == before
+    assert second.maps.templates6() == templates
+    assert second.maps.real_conns() == conns
+    second.sync(MACS6)
+    for (vip, sport), mac in flows.items():
+        out = prog_run(second.prog_fd, tcp6_packet(client, vip, sport, 80, ACK))
+        assert out.retval == XDP_TX and out.data[:6] == mac
+    assert second.maps.global_counters()["ct_hit"] == 31
+    assert (IPv6Address(client), 42000, IPv6Address("2001:2::21"), 80, TCP) in before
+    second.close()

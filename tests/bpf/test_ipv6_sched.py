@@ -291,3 +291,37 @@ def test_the_ipv4_wlc_service_of_the_same_program(lb: Lb6) -> None:
     res = lb.run(tcp_packet("198.18.9.5", "198.18.0.21", 1234, 80, SYN))
     assert res.retval == XDP_TX and res.data[:6] == MACS[IPv4Address("198.18.1.1")]
     assert lb.dp.maps.real_conns() == {lb.real("wlc4", "a").index: 1}
+
+
+# ---- service hints (the SYN path's service lookup)
+
+
+def test_each_ipv6_service_has_its_hint(lb: Lb6) -> None:
+    from dataplane.bpf.render import svc_hints
+    from dataplane.maps import ServiceKey6, be16, be128, svc_hint_slot6
+
+    hints = lb.dp.bpf[b"service_hints6"]
+    for svc in lb.plan.services:
+        if svc.vip.version != 6:
+            continue
+        key = ServiceKey6(be128(svc.vip), be16(svc.port), svc.proto, 0)
+        assert hints[hints.Key(svc_hint_slot6(key, svc_hints(SIZES)))].value == svc.index + 1
+
+
+def test_a_hint_naming_another_service_falls_back_to_the_hash(lb: Lb6) -> None:
+    from dataplane.bpf.render import svc_hints
+    from dataplane.maps import ServiceKey6, be16, be128, svc_hint_slot6
+
+    sh6, dh6 = lb.service("sh6"), lb.service("dh6")
+    key = ServiceKey6(be128(sh6.vip), be16(80), TCP, 0)
+    hints = lb.dp.bpf[b"service_hints6"]
+    slot = hints.Key(svc_hint_slot6(key, svc_hints(SIZES)))
+    hints[slot] = hints.Leaf(dh6.index + 1)  # a slot another service took
+    try:
+        client = "2001:2:9::77"
+        want = lb.slot_real("sh6", addr_hash(IPv6Address(client))).name
+        assert lb.send("sh6", 7000, client=client) == want
+        assert lb.dp.maps.service_counters(sh6.index).new_flows == 1
+        assert lb.dp.maps.service_counters(dh6.index).new_flows == 0
+    finally:
+        hints[slot] = hints.Leaf(sh6.index + 1)
