@@ -14,7 +14,8 @@ and NAT (network = nat, port mapping 80 -> 8080) both ways on an established TCP
 flow: inbound (lb_ingress: rewrite, checksums, redirect) and the reply
 (lb_nat_return: its nat_rev entry, then the flow's conntrack entry, rewrite,
 redirect); IPv6 direct routing (feature ipv6: an established flow, a same-5-tuple
-SYN) and the IPv4 established flow in that same program; then a Maglev rebuild for
+SYN) and the IPv4 established flow in that same program, and IPv6 scheduling (the
+web6 service on wlc: established and SYN; on wrr, persistent by /64: SYN); then a Maglev rebuild for
 100 real servers, "server down -> maps updated", and what the daemon pays per
 health event: a sync of 1,000 real servers (50 services x 20) with one server
 going down.
@@ -265,6 +266,25 @@ def main() -> int:
     prog_run(v6.prog_fd, ack6)  # creates the flow
     prog_run(v6.prog_fd, ack)
 
+    # IPv6 scheduling (scheduling6.h): web6 on wlc (counts of two candidates), and on
+    # wrr with persistence by /64 (a persist6 template looked up and refreshed per SYN)
+    def v6_variant(name: str, scheduling: str) -> XdpDataplane:
+        text = (CONFIG % (servers(3), servers(3))) + IPV6_CONFIG.replace(
+            " scheduler = wrr\n", scheduling
+        ) % "".join(IPV6_SERVER % (i, i + 1, i + 1) for i in range(3))
+        vp = plan(
+            compile_text(f"{name}.cf", text).config,
+            Sizes(max_services=4, max_reals=16, ct_size=65521),
+            ipv6=True,
+        )
+        dp6 = XdpDataplane(vp, pin_dir=None)
+        dp6.sync({r.address: bytes.fromhex(f"0200000060{r.index:02x}") for r in vp.reals})
+        prog_run(dp6.prog_fd, ack6)  # creates the flow
+        return dp6
+
+    v6wlc = v6_variant("v6wlc", " scheduler = wlc\n")
+    v6sticky = v6_variant("v6sticky", " scheduler = wrr\n persistent = 300\n pmask = 64\n")
+
     cases = [
         ("empty XDP_PASS program (floor)", empty, [ack], XDP_PASS, True),
         ("MAC-swap XDP_TX program (baseline)", swap, [ack], XDP_TX, True),
@@ -282,6 +302,9 @@ def main() -> int:
         ("IPv6 established flow, direct routing", v6.prog_fd, [ack6], XDP_TX, True),
         ("IPv6 new flow (SYN), same 5-tuple", v6.prog_fd, [syn6], XDP_TX, True),
         ("IPv4 established, program with IPv6", v6.prog_fd, [ack], XDP_TX, True),
+        ("IPv6 established flow, wlc", v6wlc.prog_fd, [ack6], XDP_TX, True),
+        ("IPv6 new flow (SYN), wlc, same 5-tuple", v6wlc.prog_fd, [syn6], XDP_TX, True),
+        ("IPv6 new flow (SYN), persistent /64", v6sticky.prog_fd, [syn6], XDP_TX, True),
     ]
     best: dict[str, tuple[float, float, float]] = {}
     amort: dict[str, float] = {}
