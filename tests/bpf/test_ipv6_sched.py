@@ -325,3 +325,39 @@ def test_a_hint_naming_another_service_falls_back_to_the_hash(lb: Lb6) -> None:
         assert lb.dp.maps.service_counters(dh6.index).new_flows == 0
     finally:
         hints[slot] = hints.Leaf(sh6.index + 1)
+
+
+# ---- with IPv6 NAT (nat6.h): the same counts and templates
+
+
+def test_an_ipv6_nat_flow_is_counted_until_its_fin_and_persists_by_prefix() -> None:
+    from .test_ipv6_nat_packets import CONFIG as NAT6_CONFIG
+    from .test_ipv6_nat_packets import MACS as NAT6_MACS
+    from .test_ipv6_nat_packets import PRIVATE_MAC, PUBLIC_MAC, nat6_plan, to_vip
+
+    sticky = "scheduler = wlc\n    persistent = 300\n    pmask = 48"
+    p = nat6_plan(NAT6_CONFIG.replace("scheduler = wrr", sticky, 1))
+    assert {"lc", "persistence", "nat", "ipv6"} <= p.features
+    dp = XdpDataplane(p, pin_dir=None)
+    try:
+        dp.sync(NAT6_MACS)
+        dp.configure_nat(
+            private_ifindex=1, public_ifindex=1, private_mac=PRIVATE_MAC, public_mac=PUBLIC_MAC
+        )
+        web = next(s for s in p.services if s.name == "web6")
+        assert web.pmask6 == 48
+        rips = set()
+        for sport in (41000, 41001, 41002):
+            out = prog_run(dp.prog_fd, to_vip(sport))
+            assert out.retval == 4  # XDP_REDIRECT
+            rips.add(out.data[38:54])  # the destination it was rewritten to
+        assert len(rips) == 1  # one template for the client's /48
+        assert sum(dp.maps.real_conns().get(r.index, 0) for r in web.reals) == 3
+        assert dp.maps.global_counters()["persist_hit"] == 2
+        for _ in range(2):
+            assert prog_run(dp.prog_fd, to_vip(41000, FIN_ACK)).retval == 4
+        assert sum(dp.maps.real_conns().get(r.index, 0) for r in web.reals) == 2
+        (key,) = dp.maps.templates6()
+        assert key == (web.index, IPv6Address("2001:2:9::"))  # 2001:2:9::5 cut to /48
+    finally:
+        dp.close()
