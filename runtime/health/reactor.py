@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from .schedule import DeadlineQueue
+
 
 class Cancellable(Protocol):
     def cancel(self) -> None: ...
@@ -82,6 +84,52 @@ class LoopReactor:
             (self.loop.remove_writer if writable else self.loop.remove_reader)(fd)
 
 
+class Expires(Protocol):
+    def expired(self, deadline: float) -> None:
+        """A deadline given to :meth:`Expiry.add` has come: act on it only if it is
+        still this object's current deadline (entries are never cancelled)."""
+
+
+class Expiry:
+    """All the timeouts of one length on a :class:`FastReactor`: a
+    :class:`~runtime.health.schedule.DeadlineQueue` swept by one reactor timer set for
+    its front entry, instead of a timer per check (see the module docstring)."""
+
+    __slots__ = ("_armed", "_queue", "_reactor", "delay")
+
+    def __init__(self, reactor: FastReactor, delay: float) -> None:
+        self._reactor = reactor
+        self._queue: DeadlineQueue[Expires] = DeadlineQueue()
+        self._armed = False  # a sweep is set (or running)
+        self.delay = delay
+
+    def add(self, deadline: float, owner: Expires) -> None:
+        """Call ``owner.expired(deadline)`` once ``deadline`` has passed."""
+        self._queue.push(deadline, owner)
+        if not self._armed:
+            self._armed = True
+            self._reactor.call_at(deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        reactor = self._reactor
+        queue = self._queue
+        try:
+            for deadline, owner in queue.due(reactor.time() + _SLACK):
+                try:
+                    owner.expired(deadline)
+                except Exception as err:
+                    reactor._failed(err)
+        finally:
+            head = queue.head()
+            self._armed = head is not None
+            if head is not None:
+                reactor.call_at(head, self._sweep)
+
+    def clear(self) -> None:
+        self._queue.clear()
+        self._armed = False
+
+
 class _Timer:
     __slots__ = ("args", "cancelled", "fn")
 
@@ -98,6 +146,7 @@ _ONESHOT_OUT = select.EPOLLOUT | select.EPOLLONESHOT
 _ONESHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
 _EDGE_BOTH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET
 _BATCH = 4096  # events per epoll_wait
+_SLACK = 1e-6  # a bucket fires when its time is within this of the clock
 
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -132,6 +181,7 @@ class FastReactor:
         self._callbacks: dict[int, Callable[[int], object]] = {}
         self._following: dict[int, Callable[[int], object]] = {}
         self._idle: dict[int, list[socket.socket]] = {}  # family -> reset sockets
+        self._expiries: dict[float, Expiry] = {}
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def close(self) -> None:
@@ -149,8 +199,18 @@ class FastReactor:
         self._keys.clear()
         self._callbacks.clear()
         self._following.clear()
+        for expiry in self._expiries.values():
+            expiry.clear()
+        self._expiries.clear()
 
     # -- timers
+
+    def expiry(self, delay: float) -> Expiry:
+        """The shared queue of the timeouts of length ``delay``."""
+        expiry = self._expiries.get(delay)
+        if expiry is None:
+            expiry = self._expiries[delay] = Expiry(self, delay)
+        return expiry
 
     def call_at(self, when: float, fn: Callable[..., object], *args: object) -> Cancellable:
         timer = _Timer(fn, args)
@@ -180,7 +240,7 @@ class FastReactor:
             # sockets that became ready go first: after a stall (a busy or starved
             # process) a check whose answer is waiting must not time out
             self._ready()
-            limit = (self.time() + 1e-6) / self.resolution
+            limit = (self.time() + _SLACK) / self.resolution
             while keys and keys[0] <= limit:
                 for timer in buckets.pop(heapq.heappop(keys)):
                     if not timer.cancelled:
