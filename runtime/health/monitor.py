@@ -417,16 +417,24 @@ class HealthMonitor:
         if ring is None or reactor is None:
             return
         try:
-            concurrency, waiting = self._concurrency, self._waiting
-            for server, slot in ring.due(reactor.time() + 1e-6):
+            concurrency, waiting, clock = self._concurrency, self._waiting, reactor.time
+            for server, slot in ring.due(clock() + 1e-6):
                 if slot <= server.after:
                     continue  # still running, waiting, or ended after this slot
                 server.due = slot
                 server.after = math.inf
                 if self._running >= concurrency:
                     waiting.append((server, server.gen))
-                else:
+                    continue
+                check = server.tcp
+                if check is None:  # not a TCP check made yet: the general way
                     self._begin(server)
+                    continue
+                # _begin, in short, for the common case
+                self._running += 1
+                server.started = clock()
+                server.check = check
+                check.start()
         finally:
             if interval not in self._sweeps:
                 self._arm_sweep(interval, ring)

@@ -120,6 +120,7 @@ class TcpCheck:
         "edge",
         "expiry",
         "family",
+        "fast",
         "fd",
         "on_edge",
         "phase",
@@ -156,6 +157,8 @@ class TcpCheck:
         self.expiry: Expiry | None = (
             reactor.expiry(spec.timeout) if hasattr(reactor, "expiry") else None  # type: ignore[attr-defined]
         )
+        # all three: the FastReactor (one call to lend, connect and follow)
+        self.fast = self.pooled and self.edge and self.expiry is not None
         self.on_edge = self._on_edge  # bound once, not per check
         self.plain = not spec.send and spec.expect is None  # connect only
         self.sock: socket.socket | None = None
@@ -172,6 +175,23 @@ class TcpCheck:
         self.started = now = reactor.time()
         self.phase = "connect"
         self.active = True
+        if self.fast:
+            try:
+                sock, err = reactor.connect_tcp(self.family, self.sockaddr, self.on_edge)  # type: ignore[attr-defined]
+            except OSError as e:  # no socket (EMFILE...): a failed check
+                self._finish(False, f"socket: {_oserror(e)}")
+                return
+            self.sock = sock
+            self.fd = sock.fileno()
+            if err in _BUSY:  # followed: arm the time limit
+                deadline = self.deadline = now + self.spec.timeout
+                self.expiry.add(deadline, self)  # type: ignore[union-attr]
+                return
+            if not err and self.spec.expect is not None:
+                # connected at once (rare): follow it for the read
+                reactor.follow(self.fd, self.on_edge)  # type: ignore[attr-defined]
+            self._connected(err)
+            return
         try:
             if self.pooled:
                 sock = reactor.tcp_socket(self.family)  # type: ignore[attr-defined]
@@ -309,7 +329,13 @@ class TcpCheck:
     def _finish(self, ok: bool, detail: str) -> None:
         if not self.active:
             return
-        self._release()
+        if self.fast:  # _release in short
+            self.active = False
+            sock, self.sock = self.sock, None
+            if sock is not None:
+                self.reactor.release(sock)  # type: ignore[attr-defined]
+        else:
+            self._release()
         self.done(ProbeResult(ok, self.reactor.time() - self.started, detail))
 
     def cancel(self) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import heapq
 import math
 import select
@@ -90,43 +91,42 @@ class Expires(Protocol):
         still this object's current deadline (entries are never cancelled)."""
 
 
-class Expiry:
+class Expiry(DeadlineQueue["Expires"]):
     """All the timeouts of one length on a :class:`FastReactor`: a
     :class:`~runtime.health.schedule.DeadlineQueue` swept by one reactor timer set for
     its front entry, instead of a timer per check (see the module docstring)."""
 
-    __slots__ = ("_armed", "_queue", "_reactor", "delay")
+    __slots__ = ("_armed", "_reactor", "delay")
 
     def __init__(self, reactor: FastReactor, delay: float) -> None:
+        super().__init__()
         self._reactor = reactor
-        self._queue: DeadlineQueue[Expires] = DeadlineQueue()
         self._armed = False  # a sweep is set (or running)
         self.delay = delay
 
     def add(self, deadline: float, owner: Expires) -> None:
         """Call ``owner.expired(deadline)`` once ``deadline`` has passed."""
-        self._queue.push(deadline, owner)
+        self._entries.append((deadline, owner))
         if not self._armed:
             self._armed = True
             self._reactor.call_at(deadline, self._sweep)
 
     def _sweep(self) -> None:
         reactor = self._reactor
-        queue = self._queue
         try:
-            for deadline, owner in queue.due(reactor.time() + _SLACK):
+            for deadline, owner in self.due(reactor.time() + _SLACK):
                 try:
                     owner.expired(deadline)
                 except Exception as err:
                     reactor._failed(err)
         finally:
-            head = queue.head()
+            head = self.head()
             self._armed = head is not None
             if head is not None:
                 reactor.call_at(head, self._sweep)
 
     def clear(self) -> None:
-        self._queue.clear()
+        super().clear()
         self._armed = False
 
 
@@ -146,6 +146,7 @@ _ONESHOT_OUT = select.EPOLLOUT | select.EPOLLONESHOT
 _ONESHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
 _EDGE_BOTH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET
 _BATCH = 4096  # events per epoll_wait
+_BUSY = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
 _SLACK = 1e-6  # a bucket fires when its time is within this of the clock
 
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
@@ -191,6 +192,7 @@ class FastReactor:
         for idle in self._idle.values():
             for sock in idle:
                 sock.close()
+            idle.clear()
         self._idle.clear()
         self._registered.clear()
         self._edge.clear()
@@ -286,8 +288,10 @@ class FastReactor:
         ``epoll_ctl`` at all then."""
         self._callbacks.pop(fd, None)
         self._following[fd] = fn
-        if fd in self._edge:
-            return
+        if fd not in self._edge:
+            self._register_edge(fd)
+
+    def _register_edge(self, fd: int) -> None:
         self._edge.add(fd)
         if fd in self._registered:
             try:
@@ -326,6 +330,26 @@ class FastReactor:
             sock.close()
             raise
         return sock
+
+    def connect_tcp(
+        self, family: int, sockaddr: tuple, fn: Callable[[int], object]
+    ) -> tuple[socket.socket, int]:
+        """A check's start in one call: :meth:`tcp_socket`, a non-blocking connect, and
+        while it is in progress :meth:`follow` with ``fn``. Returns the socket and the
+        connect's errno (0: connected at once; ``EINPROGRESS``: followed). Raises
+        OSError only when no socket could be had."""
+        idle = self._idle.get(family)
+        sock = idle.pop() if idle else self.tcp_socket(family)
+        try:
+            err = sock.connect_ex(sockaddr)
+        except OSError as e:
+            err = e.errno or errno.EINVAL
+        if err in _BUSY:
+            fd = sock.fileno()
+            self._following[fd] = fn
+            if fd not in self._edge:
+                self._register_edge(fd)
+        return sock, err
 
     def release(self, sock: socket.socket) -> None:
         """A check is done with ``sock``: drop its watch, reset the connection (an RST
