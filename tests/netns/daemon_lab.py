@@ -250,12 +250,12 @@ class DaemonLab:
     def replace_real(self, name: str, virtual: str, new_mac: str) -> None:
         """Real server ``name`` becomes another machine at the same address (eth0 gets
         ``new_mac``); returns once the daemon has learned the new MAC, the server is up
-        in ``virtual`` again, and new connections reach every server of the lab."""
+        in ``virtual`` again, and new connections reach every server of ``virtual``."""
         self.reals[name].ip("link", "set", "eth0", "address", new_mac)
         learned = f"MAC of {self.addresses[name]} is now {new_mac}"
         self.until(lambda: learned in self.log(), learned)
         self.wait_servers(virtual, **{name: "up"})
-        every = set(self.reals)  # rs's share arrives at the new MAC
+        every = set(server_states(self.status(), virtual))  # its share reaches the new MAC
         self.until(lambda: self.names(n=30) == every, f"{every} answer", every_s=0.5)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
