@@ -305,10 +305,20 @@ async def inner(args: argparse.Namespace) -> dict:
     gc_clock = GcClock()
     r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     window["on"] = gc_clock.on = True
+    profile = None
+    if args.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     await asyncio.sleep(args.window)
+    if profile is not None:
+        profile.disable()
     window["on"] = gc_clock.on = False
     r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
     c1 = tcp_counters(COUNTERS)
+    if profile is not None:
+        profile.dump_stats(args.profile)
     user = (r1.ru_utime - r0.ru_utime) / (w1 - w0)
     system = (r1.ru_stime - r0.ru_stime) / (w1 - w0)
     cpu = user + system
@@ -621,7 +631,7 @@ def show_profile(profile, what: str) -> None:
     import pstats
 
     text = io.StringIO()
-    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(16)
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(24)
     note(f"{what}, by own time:\n{text.getvalue()}")
 
 
@@ -796,6 +806,12 @@ def main() -> None:
         "--profile-apply",
         action="store_true",
         help="--daemon: cProfile the backend's applies in the failure phase (stderr)",
+    )
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="monitor alone: cProfile the steady window into FILE (pstats; inflates the\n"
+        "CPU figures)",
     )
     p.add_argument(
         "--metrics",

@@ -279,10 +279,13 @@ class Router(Daemon):
         table, so that the first sync after activation has them all. A server without
         a MAC is kept out of the Maglev table, which would move flows (RST)."""
         from .director import servers
+        from .neighbours import address_order
 
         while True:
             if self.director is None and self.config is not None and self.backend is not None:
-                addresses = sorted({rs.address for _, rs in servers(self.config)})
+                # address_order: IPv4 and IPv6 addresses do not compare with each other
+                held = {rs.address for _, rs in servers(self.config)}
+                addresses = sorted(held, key=address_order)
                 with contextlib.suppress(Exception):
                     await self._call(self.backend.neighbours.refresh, addresses)  # type: ignore[attr-defined]
             await asyncio.sleep(1.0)

@@ -1,13 +1,16 @@
 """Runs every health check of a configuration in one asyncio loop.
 
-One timer per active real server, no task: TCP checks run as callbacks on a
-:class:`~runtime.health.reactor.FastReactor`, other checks as short tasks. Each
+No timer and no task per server: TCP checks run as callbacks on a
+:class:`~runtime.health.reactor.FastReactor` (their time limits in its shared
+:class:`~runtime.health.reactor.Expiry` queues), other checks as short tasks. Each
 server's checks start on a fixed grid, ``epoch + phase + k * interval``, where
 ``phase`` is a stable hash of the virtual's and server's names spread over the
 interval: the load is even over time (no thundering herd at the top of each second)
-and a server keeps its slot across reloads. At most ``concurrency`` probes run at
-once. A check that overruns its slot makes the server skip the slots it missed rather
-than queue them.
+and a server keeps its slot across reloads. The servers of one interval sit on one
+:class:`~runtime.health.schedule.SlotRing`, swept by one reactor timer that starts the
+checks whose slots have come. At most ``concurrency`` probes run at once. A check
+starts at a slot only if the server's previous check ended before it: a check that
+overruns its slot makes the server skip the slots it missed rather than queue them.
 
 The decisions are :class:`~runtime.health.nanny.Nanny`'s; this module only schedules,
 probes, records and reports.
@@ -36,6 +39,7 @@ from .check import CheckSpec, check_spec, load_argv, load_command
 from .nanny import Change, Nanny, quiesces
 from .probes import ProbeResult, TcpCheck, literal_address, probe
 from .reactor import Cancellable, FastReactor
+from .schedule import SlotRing
 
 log = logging.getLogger(__name__)
 
@@ -123,10 +127,13 @@ class _Server:
     """One checked real server: its spec, its machine, its schedule and last results.
 
     ``gen`` changes whenever the server's schedule is torn down (stop, removal, new
-    timeout), so callbacks of an abandoned check recognise themselves as stale."""
+    timeout), so callbacks of an abandoned check recognise themselves as stale.
+    ``after``: a slot starts a check only if it is later than this (the end of the
+    previous check; infinite while one runs or waits for a free place)."""
 
     __slots__ = (
         "address",
+        "after",
         "check",
         "checks",
         "due",
@@ -140,8 +147,10 @@ class _Server:
         "last_ok",
         "load_cmd",
         "nanny",
+        "ring",
         "spec",
-        "timer",
+        "started",
+        "tcp",
     )
 
     def __init__(self, key: tuple[str, str], spec: CheckSpec, nanny: Nanny, load_cmd: str | None):
@@ -152,8 +161,11 @@ class _Server:
         self.set_spec(spec)
         self.gen = 0
         self.due = 0.0
-        self.timer: Cancellable | None = None
-        self.check: TcpCheck | asyncio.Task[ProbeResult] | Cancellable | None = None
+        self.started = 0.0
+        self.after = math.inf
+        self.ring: SlotRing[_Server] | None = None
+        self.tcp: TcpCheck | None = None  # reused from check to check
+        self.check: TcpCheck | asyncio.Task[ProbeResult] | None = None
         self.last_ok: bool | None = None
         self.last_detail = ""
         self.last_latency: float | None = None
@@ -165,6 +177,7 @@ class _Server:
         self.spec = spec
         # TCP to an address literal takes the callback fast path
         self.address = literal_address(spec) if spec.kind == "tcp" else None
+        self.tcp = None  # made anew for the new spec (one in flight runs on)
 
 
 def _plan(config: Config) -> dict[tuple[str, str], tuple]:
@@ -194,9 +207,10 @@ class HealthMonitor:
     planned start, actual start, result), on the loop's clock; ``on_crash`` is told
     when a server's checker dies from an unexpected error (lvsd's ``hard_shutdown``).
 
-    Scheduling is callback-driven: one timer per server, TCP checks to addresses run
-    as :class:`~runtime.health.probes.TcpCheck` callbacks, everything else (UDP,
-    send_program, host names, load readings) as a task."""
+    Scheduling is callback-driven: one :class:`~runtime.health.schedule.SlotRing` and
+    one reactor timer per distinct interval, TCP checks to addresses run as
+    :class:`~runtime.health.probes.TcpCheck` callbacks (one object per server, reused),
+    everything else (UDP, send_program, host names, load readings) as a task."""
 
     def __init__(
         self,
@@ -223,6 +237,9 @@ class HealthMonitor:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reactor: FastReactor | None = None
         self._epoch: float | None = None
+        self._rings: dict[int, SlotRing[_Server]] = {}  # interval -> its servers
+        self._sweeps: dict[int, tuple[float, Cancellable]] = {}  # interval -> armed timer
+        self._dequeuing = False
         self._quiesce: dict[str, bool] = {}
         self._apply(config)
 
@@ -241,6 +258,8 @@ class HealthMonitor:
     async def stop(self) -> None:
         """Stop all checks (running probes are abandoned, send_programs killed)."""
         for server in self._servers.values():
+            server.ring = None  # the rings go as a whole, below
+        for server in self._servers.values():
             self._halt(server)
         self._waiting.clear()
         tasks = list(self._tasks)
@@ -251,6 +270,10 @@ class HealthMonitor:
         self._tasks.clear()
         self._running = 0
         self._epoch = None
+        for _, timer in self._sweeps.values():
+            timer.cancel()
+        self._sweeps.clear()
+        self._rings.clear()
         if self._reactor is not None:
             self._reactor.close()
             self._reactor = None
@@ -344,74 +367,118 @@ class HealthMonitor:
 
     # -- the per-server schedule
 
-    def _next_slot(self, server: _Server, after: float) -> float:
-        """The first grid time strictly after ``after``."""
-        assert self._epoch is not None
-        interval = server.spec.timeout
-        base = self._epoch + server.fraction * interval
-        k = math.floor((after - base) / interval) + 1
-        return base + max(k, 0) * interval
-
     def _launch(self, server: _Server) -> None:
-        assert self._loop is not None and self._epoch is not None
+        """Put the server on the ring of its interval: its first check at its first
+        grid slot from now on."""
+        assert self._reactor is not None and self._epoch is not None
         server.gen += 1
-        self._arm(server, max(self._loop.time(), self._epoch) - 1e-9)
+        now = self._reactor.time()
+        server.after = max(now, self._epoch) - 1e-9
+        interval = server.spec.timeout
+        ring = self._rings.get(interval)
+        if ring is None:
+            ring = self._rings[interval] = SlotRing(self._epoch, interval)
+            ring.start(now)
+        ring.add(server, server.fraction)
+        server.ring = ring
+        self._arm_sweep(interval, ring)
 
-    def _arm(self, server: _Server, after: float) -> None:
+    def _arm_sweep(self, interval: int, ring: SlotRing[_Server]) -> None:
+        """Set the ring's one timer for its next slot (sooner if one was set later)."""
         assert self._reactor is not None
-        server.due = self._next_slot(server, after)
-        server.timer = self._reactor.call_at(server.due, self._fire, server, server.gen)
+        when = ring.next_slot()
+        armed = self._sweeps.get(interval)
+        if armed is not None:
+            if when is not None and armed[0] <= when:
+                return
+            armed[1].cancel()
+            del self._sweeps[interval]
+        if when is not None:
+            self._sweeps[interval] = (when, self._reactor.call_at(when, self._sweep, interval))
 
     def _halt(self, server: _Server) -> None:
         """Tear down the server's schedule and abandon a check in flight."""
         server.gen += 1
-        if server.timer is not None:
-            server.timer.cancel()
-            server.timer = None
+        server.after = math.inf
+        if server.ring is not None:
+            server.ring.remove(server)
+            server.ring = None
         check, server.check = server.check, None
         if check is not None:
             check.cancel()
             self._running -= 1
             self._dequeue()
 
-    def _fire(self, server: _Server, gen: int) -> None:
-        server.timer = None
-        if gen != server.gen:
+    def _sweep(self, interval: int) -> None:
+        """The ring's timer: start the checks whose slots have come."""
+        self._sweeps.pop(interval, None)
+        ring = self._rings.get(interval)
+        reactor = self._reactor
+        if ring is None or reactor is None:
             return
-        if self._running >= self._concurrency:
-            self._waiting.append((server, gen))
-            return
-        self._begin(server)
+        try:
+            concurrency, waiting, clock = self._concurrency, self._waiting, reactor.time
+            for server, slot in ring.due(clock() + 1e-6):
+                if slot <= server.after:
+                    continue  # still running, waiting, or ended after this slot
+                server.due = slot
+                server.after = math.inf
+                if self._running >= concurrency:
+                    waiting.append((server, server.gen))
+                    continue
+                check = server.tcp
+                if check is None:  # not a TCP check made yet: the general way
+                    self._begin(server)
+                    continue
+                # _begin, in short, for the common case
+                self._running += 1
+                server.started = clock()
+                server.check = check
+                check.start()
+        finally:
+            if interval not in self._sweeps:
+                self._arm_sweep(interval, ring)
 
     def _dequeue(self) -> None:
-        while self._waiting and self._running < self._concurrency:
-            server, gen = self._waiting.popleft()
-            if gen == server.gen and server.check is None:
-                self._begin(server)
+        if self._dequeuing:  # a check ended (failed at once) while starting one
+            return
+        self._dequeuing = True
+        try:
+            while self._waiting and self._running < self._concurrency:
+                server, gen = self._waiting.popleft()
+                if gen == server.gen and server.check is None:
+                    self._begin(server)
+        finally:
+            self._dequeuing = False
 
     def _begin(self, server: _Server) -> None:
         reactor = self._reactor
         assert reactor is not None
         self._running += 1
-        done = partial(self._done, server, server.gen, reactor.time())
-        if server.address is not None:
-            try:
-                check = TcpCheck(reactor, server.spec, *server.address, done)
-            except OSError as err:  # no socket (EMFILE...): a failed check
-                failed = ProbeResult(False, 0.0, f"socket: {err.strerror}")
-                server.check = reactor.call_at(reactor.time(), done, failed)
-                return
+        server.started = reactor.time()
+        address = server.address
+        if address is not None:
+            check = server.tcp
+            if check is None:
+                check = server.tcp = TcpCheck(
+                    reactor, server.spec, *address, partial(self._done, server)
+                )
             server.check = check
             check.start()
         else:
             task = reactor.loop.create_task(probe(server.spec))
             server.check = task
-            task.add_done_callback(lambda t: None if t.cancelled() else done(_result_of(t)))
+            gen = server.gen
 
-    def _done(self, server: _Server, gen: int, started: float, result: ProbeResult) -> None:
-        """A check finished: record it, let the machine decide, report, re-arm."""
-        if gen != server.gen:
-            return
+            def finished(t: asyncio.Task[ProbeResult]) -> None:
+                if not t.cancelled() and gen == server.gen:
+                    self._done(server, _result_of(t))
+
+            task.add_done_callback(finished)
+
+    def _done(self, server: _Server, result: ProbeResult) -> None:
+        """A check finished: record it, let the machine decide, report; the server's
+        next check is at its first slot after now."""
         server.check = None
         self._running -= 1
         try:
@@ -424,21 +491,17 @@ class HealthMonitor:
             server.last_latency = result.latency
             server.last_check = self._clock()
             if self._observer is not None:
-                self._observer(server.key[0], server.key[1], server.due, started, result)
+                self._observer(server.key[0], server.key[1], server.due, server.started, result)
             observed = server.nanny.observe(ok, result.detail)
             if observed.change is not None:
                 self._emit(server, observed.change)
             if observed.wants_load and server.load_cmd is not None:
-                self._read_load(server, gen)
-            # the next slot of the grid (after now, if the check overran its slot)
+                self._read_load(server, server.gen)
             reactor = self._reactor
             assert reactor is not None
-            due = server.due + server.spec.timeout
-            if due <= reactor.time():
-                due = self._next_slot(server, reactor.time())
-            server.due = due
-            server.timer = reactor.call_at(due, self._fire, server, gen)
+            server.after = reactor.time()
         except Exception as err:
+            # the server is checked no more (its ``after`` stays infinite)
             log.exception("health checker of %s/%s died", *server.key)
             if self._on_crash is not None:
                 self._on_crash(server.key[0], server.key[1], err)

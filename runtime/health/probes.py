@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from .check import CheckSpec
 from .expect import program_output
-from .reactor import Cancellable, LoopReactor, Reactor
+from .reactor import Cancellable, Expiry, LoopReactor, Reactor
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _BUSY = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
@@ -104,13 +104,27 @@ class TcpCheck:
     """One TCP check driven by callbacks of a :class:`~runtime.health.reactor.Reactor`,
     so that ten thousand checks a second cost no task, coroutine or future each:
     connect (``timeout``), send, one read (``timeout``), compare, close with a reset.
-    ``done`` gets the result, exactly once, unless :meth:`cancel` was called first."""
+    After :meth:`start`, ``done`` gets the result exactly once, unless :meth:`cancel`
+    comes first. Once done (or cancelled) the same object may be started again: the
+    monitor keeps one per server.
+
+    On a :class:`~runtime.health.reactor.FastReactor` the socket is lent by the reactor
+    and followed edge-triggered, and the time limits go to the reactor's shared
+    :class:`~runtime.health.reactor.Expiry` of this timeout instead of a timer each:
+    an entry there is never cancelled, it is stale once ``deadline`` has moved on."""
 
     __slots__ = (
+        "active",
+        "deadline",
         "done",
         "edge",
+        "expiry",
+        "family",
+        "fast",
         "fd",
+        "on_edge",
         "phase",
+        "plain",
         "pooled",
         "reactor",
         "read_deadline",
@@ -131,46 +145,87 @@ class TcpCheck:
     ) -> None:
         self.reactor = reactor
         self.spec = spec
+        self.family = family
         self.sockaddr = sockaddr
-        self.done: Callable[[ProbeResult], object] | None = done
+        self.done = done
         # the FastReactor lends a reset socket (no socket/setsockopt/close per check)
         self.pooled = hasattr(reactor, "tcp_socket")
-        if self.pooled:
-            self.sock = reactor.tcp_socket(family)  # type: ignore[attr-defined]
-        else:
-            # the C socket type: no Python-level __init__/close wrapper per check
-            self.sock = socket.SocketType(family, _STREAM)
-        self.fd = self.sock.fileno()
-        self.timer: Cancellable | None = None
-        self.phase = "connect"
-        self.started = 0.0
-        self.read_deadline = 0.0
         # on a reactor that can follow a socket: one edge-triggered registration for
         # the connect and the read (saves re-arming in between), which a lent socket
         # keeps for its next check (saves the epoll_ctl of every check)
         self.edge = hasattr(reactor, "follow")
+        self.expiry: Expiry | None = (
+            reactor.expiry(spec.timeout) if hasattr(reactor, "expiry") else None  # type: ignore[attr-defined]
+        )
+        # all three: the FastReactor (one call to lend, connect and follow)
+        self.fast = self.pooled and self.edge and self.expiry is not None
+        self.on_edge = self._on_edge  # bound once, not per check
+        self.plain = not spec.send and spec.expect is None  # connect only
+        self.sock: socket.socket | None = None
+        self.fd = -1
+        self.timer: Cancellable | None = None
+        self.active = False
+        self.phase = "connect"
+        self.started = 0.0
+        self.deadline = 0.0  # the time limit in force (stale Expiry entries differ)
+        self.read_deadline = 0.0
 
     def start(self) -> None:
         reactor = self.reactor
-        self.started = reactor.time()
-        sock = self.sock
+        self.started = now = reactor.time()
+        self.phase = "connect"
+        self.active = True
+        if self.fast:
+            try:
+                sock, err = reactor.connect_tcp(self.family, self.sockaddr, self.on_edge)  # type: ignore[attr-defined]
+            except OSError as e:  # no socket (EMFILE...): a failed check
+                self._finish(False, f"socket: {_oserror(e)}")
+                return
+            self.sock = sock
+            self.fd = sock.fileno()
+            if err in _BUSY:  # followed: arm the time limit
+                deadline = self.deadline = now + self.spec.timeout
+                self.expiry.add(deadline, self)  # type: ignore[union-attr]
+                return
+            if not err and self.spec.expect is not None:
+                # connected at once (rare): follow it for the read
+                reactor.follow(self.fd, self.on_edge)  # type: ignore[attr-defined]
+            self._connected(err)
+            return
         try:
-            if not self.pooled:
+            if self.pooled:
+                sock = reactor.tcp_socket(self.family)  # type: ignore[attr-defined]
+            else:
+                # the C socket type: no Python-level __init__/close wrapper per check
+                sock = socket.SocketType(self.family, _STREAM)
+                self.sock = sock
+                self.fd = sock.fileno()
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError as e:  # no socket (EMFILE...): a failed check
+            self._finish(False, f"socket: {_oserror(e)}")
+            return
+        self.sock = sock
+        self.fd = fd = sock.fileno()
+        try:
             err = sock.connect_ex(self.sockaddr)
         except OSError as e:
             self._finish(False, f"connect: {_oserror(e)}")
             return
         if err in _BUSY:
             if self.edge:
-                reactor.follow(self.fd, self._on_edge)  # type: ignore[attr-defined]
+                reactor.follow(fd, self.on_edge)  # type: ignore[attr-defined]
             else:
-                reactor.watch(self.fd, True, self._on_connect)
-            self.timer = reactor.call_at(self.started + self.spec.timeout, self._on_timeout)
+                reactor.watch(fd, True, self._on_connect)
+            deadline = self.deadline = now + self.spec.timeout
+            expiry = self.expiry
+            if expiry is not None:
+                expiry.add(deadline, self)
+            else:
+                self.timer = reactor.call_at(deadline, self._on_timeout)
             return
         if self.edge and not err and self.spec.expect is not None:
             # connected at once (rare): follow it for the read
-            reactor.follow(self.fd, self._on_edge)  # type: ignore[attr-defined]
+            reactor.follow(fd, self.on_edge)  # type: ignore[attr-defined]
         self._connected(err)
 
     def _on_edge(self, events: int) -> None:
@@ -178,13 +233,16 @@ class TcpCheck:
         (both may arrive in one event)."""
         if self.phase == "connect":
             if events & _TROUBLE:
-                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
             elif events & select.EPOLLOUT:
+                if self.plain:  # the common case, in short
+                    self._finish(True, "connected")
+                    return
                 err = 0
             else:
                 return  # nothing about the connect yet
             self._connected(err)
-            if self.done is None or not events & _READ_READY:
+            if not self.active or not events & _READ_READY:
                 return
         self._on_readable(events)
 
@@ -193,7 +251,7 @@ class TcpCheck:
         if events == select.EPOLLOUT:
             self._connected(0)
         else:
-            self._connected(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+            self._connected(self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))  # type: ignore[union-attr]
 
     def _connected(self, err: int) -> None:
         if err:
@@ -202,7 +260,7 @@ class TcpCheck:
         spec = self.spec
         if spec.send:
             try:
-                self.sock.send(spec.send)  # a probe fits in a new socket's buffer
+                self.sock.send(spec.send)  # type: ignore[union-attr]  # fits a new socket's buffer
             except OSError as e:
                 self._finish(False, f"send: {_oserror(e)}")
                 return
@@ -214,16 +272,21 @@ class TcpCheck:
         if not self.edge:
             reactor.watch(self.fd, False, self._on_readable)
         self.read_deadline = reactor.time() + spec.timeout
-        # the connect timer, if any, stays: it re-arms itself for the read deadline
-        # when it fires first (most reads end long before), saving a timer per check
-        if self.timer is None:
+        expiry = self.expiry
+        if expiry is not None:
+            # a new entry; the connect's one is stale from now on
+            self.deadline = self.read_deadline
+            expiry.add(self.read_deadline, self)
+        elif self.timer is None:
             self.timer = reactor.call_at(self.read_deadline, self._on_timeout)
+        # else the connect timer stays: it re-arms itself for the read deadline when
+        # it fires first (most reads end long before), saving a timer per check
 
     def _on_readable(self, _events: int) -> None:
         expect = self.spec.expect
         assert expect is not None
         try:
-            data = self.sock.recv(expect.read_size)
+            data = self.sock.recv(expect.read_size)  # type: ignore[union-attr]
         except BlockingIOError:  # woken with nothing to read yet: keep waiting
             if not self.edge:
                 self.reactor.watch(self.fd, False, self._on_readable)
@@ -237,6 +300,11 @@ class TcpCheck:
         else:
             self._finish(True, f"reply {data[:40]!r}")
 
+    def expired(self, deadline: float) -> None:
+        """The reactor's :class:`~runtime.health.reactor.Expiry` reached ``deadline``."""
+        if self.active and deadline == self.deadline:
+            self._finish(False, f"{self.phase}: timed out after {self.spec.timeout} s")
+
     def _on_timeout(self) -> None:
         self.timer = None
         if self.phase == "read" and self.reactor.time() < self.read_deadline:
@@ -245,25 +313,34 @@ class TcpCheck:
         self._finish(False, f"{self.phase}: timed out after {self.spec.timeout} s")
 
     def _release(self) -> None:
+        self.active = False
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        sock, self.sock = self.sock, None
+        if sock is None:
+            return
         if self.pooled:
-            self.reactor.release(self.sock)  # type: ignore[attr-defined]
+            self.reactor.release(sock)  # type: ignore[attr-defined]
         else:
             self.reactor.forget(self.fd)
-            self.sock.close()
+            sock.close()
 
     def _finish(self, ok: bool, detail: str) -> None:
-        self._release()
-        done, self.done = self.done, None
-        if done is not None:
-            done(ProbeResult(ok, self.reactor.time() - self.started, detail))
+        if not self.active:
+            return
+        if self.fast:  # _release in short
+            self.active = False
+            sock, self.sock = self.sock, None
+            if sock is not None:
+                self.reactor.release(sock)  # type: ignore[attr-defined]
+        else:
+            self._release()
+        self.done(ProbeResult(ok, self.reactor.time() - self.started, detail))
 
     def cancel(self) -> None:
-        """Abandon the check: close the socket, never call ``done``."""
-        if self.done is not None:
-            self.done = None
+        """Abandon the check: give back or close the socket, never call ``done``."""
+        if self.active:
             self._release()
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import errno
 import heapq
 import math
 import select
@@ -33,6 +34,8 @@ import struct
 import time
 from collections.abc import Callable
 from typing import Protocol
+
+from .schedule import DeadlineQueue
 
 
 class Cancellable(Protocol):
@@ -82,6 +85,51 @@ class LoopReactor:
             (self.loop.remove_writer if writable else self.loop.remove_reader)(fd)
 
 
+class Expires(Protocol):
+    def expired(self, deadline: float) -> None:
+        """A deadline given to :meth:`Expiry.add` has come: act on it only if it is
+        still this object's current deadline (entries are never cancelled)."""
+
+
+class Expiry(DeadlineQueue["Expires"]):
+    """All the timeouts of one length on a :class:`FastReactor`: a
+    :class:`~runtime.health.schedule.DeadlineQueue` swept by one reactor timer set for
+    its front entry, instead of a timer per check (see the module docstring)."""
+
+    __slots__ = ("_armed", "_reactor", "delay")
+
+    def __init__(self, reactor: FastReactor, delay: float) -> None:
+        super().__init__()
+        self._reactor = reactor
+        self._armed = False  # a sweep is set (or running)
+        self.delay = delay
+
+    def add(self, deadline: float, owner: Expires) -> None:
+        """Call ``owner.expired(deadline)`` once ``deadline`` has passed."""
+        self._entries.append((deadline, owner))
+        if not self._armed:
+            self._armed = True
+            self._reactor.call_at(deadline, self._sweep)
+
+    def _sweep(self) -> None:
+        reactor = self._reactor
+        try:
+            for deadline, owner in self.due(reactor.time() + _SLACK):
+                try:
+                    owner.expired(deadline)
+                except Exception as err:
+                    reactor._failed(err)
+        finally:
+            head = self.head()
+            self._armed = head is not None
+            if head is not None:
+                reactor.call_at(head, self._sweep)
+
+    def clear(self) -> None:
+        super().clear()
+        self._armed = False
+
+
 class _Timer:
     __slots__ = ("args", "cancelled", "fn")
 
@@ -98,6 +146,8 @@ _ONESHOT_OUT = select.EPOLLOUT | select.EPOLLONESHOT
 _ONESHOT_IN = select.EPOLLIN | select.EPOLLONESHOT
 _EDGE_BOTH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLET
 _BATCH = 4096  # events per epoll_wait
+_BUSY = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
+_SLACK = 1e-6  # a bucket fires when its time is within this of the clock
 
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _LINGER_RESET = struct.pack("ii", 1, 0)
@@ -132,6 +182,7 @@ class FastReactor:
         self._callbacks: dict[int, Callable[[int], object]] = {}
         self._following: dict[int, Callable[[int], object]] = {}
         self._idle: dict[int, list[socket.socket]] = {}  # family -> reset sockets
+        self._expiries: dict[float, Expiry] = {}
         loop.add_reader(self._epoll.fileno(), self._ready)
 
     def close(self) -> None:
@@ -141,6 +192,7 @@ class FastReactor:
         for idle in self._idle.values():
             for sock in idle:
                 sock.close()
+            idle.clear()
         self._idle.clear()
         self._registered.clear()
         self._edge.clear()
@@ -149,8 +201,18 @@ class FastReactor:
         self._keys.clear()
         self._callbacks.clear()
         self._following.clear()
+        for expiry in self._expiries.values():
+            expiry.clear()
+        self._expiries.clear()
 
     # -- timers
+
+    def expiry(self, delay: float) -> Expiry:
+        """The shared queue of the timeouts of length ``delay``."""
+        expiry = self._expiries.get(delay)
+        if expiry is None:
+            expiry = self._expiries[delay] = Expiry(self, delay)
+        return expiry
 
     def call_at(self, when: float, fn: Callable[..., object], *args: object) -> Cancellable:
         timer = _Timer(fn, args)
@@ -180,7 +242,7 @@ class FastReactor:
             # sockets that became ready go first: after a stall (a busy or starved
             # process) a check whose answer is waiting must not time out
             self._ready()
-            limit = (self.time() + 1e-6) / self.resolution
+            limit = (self.time() + _SLACK) / self.resolution
             while keys and keys[0] <= limit:
                 for timer in buckets.pop(heapq.heappop(keys)):
                     if not timer.cancelled:
@@ -226,8 +288,10 @@ class FastReactor:
         ``epoll_ctl`` at all then."""
         self._callbacks.pop(fd, None)
         self._following[fd] = fn
-        if fd in self._edge:
-            return
+        if fd not in self._edge:
+            self._register_edge(fd)
+
+    def _register_edge(self, fd: int) -> None:
         self._edge.add(fd)
         if fd in self._registered:
             try:
@@ -266,6 +330,26 @@ class FastReactor:
             sock.close()
             raise
         return sock
+
+    def connect_tcp(
+        self, family: int, sockaddr: tuple, fn: Callable[[int], object]
+    ) -> tuple[socket.socket, int]:
+        """A check's start in one call: :meth:`tcp_socket`, a non-blocking connect, and
+        while it is in progress :meth:`follow` with ``fn``. Returns the socket and the
+        connect's errno (0: connected at once; ``EINPROGRESS``: followed). Raises
+        OSError only when no socket could be had."""
+        idle = self._idle.get(family)
+        sock = idle.pop() if idle else self.tcp_socket(family)
+        try:
+            err = sock.connect_ex(sockaddr)
+        except OSError as e:
+            err = e.errno or errno.EINVAL
+        if err in _BUSY:
+            fd = sock.fileno()
+            self._following[fd] = fn
+            if fd not in self._edge:
+                self._register_edge(fd)
+        return sock, err
 
     def release(self, sock: socket.socket) -> None:
         """A check is done with ``sock``: drop its watch, reset the connection (an RST

@@ -250,12 +250,12 @@ class DaemonLab:
     def replace_real(self, name: str, virtual: str, new_mac: str) -> None:
         """Real server ``name`` becomes another machine at the same address (eth0 gets
         ``new_mac``); returns once the daemon has learned the new MAC, the server is up
-        in ``virtual`` again, and new connections reach every server of the lab."""
+        in ``virtual`` again, and new connections reach every server of ``virtual``."""
         self.reals[name].ip("link", "set", "eth0", "address", new_mac)
         learned = f"MAC of {self.addresses[name]} is now {new_mac}"
         self.until(lambda: learned in self.log(), learned)
         self.wait_servers(virtual, **{name: "up"})
-        every = set(self.reals)  # rs's share arrives at the new MAC
+        every = set(server_states(self.status(), virtual))  # its share reaches the new MAC
         self.until(lambda: self.names(n=30) == every, f"{every} answer", every_s=0.5)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
@@ -309,7 +309,7 @@ def nat_virtual(
     listen on ``real_port``; ``lines``: more of its settings (checks, timing)."""
     settings = [
         "active = 1",
-        f"address = {vip} eth0:1",
+        f"address = {vip} {_device('eth0', vip)}",
         f"port = {port}",
         f"protocol = {protocol}",
         "scheduler = wrr",
@@ -325,7 +325,22 @@ def nat_virtual(
 
 def nat_config(nat_router: str, *virtuals: str) -> str:
     """lvs.cf for the NAT lab: the nat_router address on the director's eth1."""
-    return f"network = nat\nnat_router = {nat_router} eth1:1\n" + "".join(virtuals)
+    return f"network = nat\nnat_router = {nat_router} {_device('eth1', nat_router)}\n" + "".join(
+        virtuals
+    )
+
+
+def _device(dev: str, address: str) -> str:
+    """piranha's ``eth0:1`` alias for an IPv4 address; IPv6 addresses have none."""
+    return dev if ":" in address else f"{dev}:1"
+
+
+def _addr(ns: Netns, dev: str, address: str, host: bool = False) -> None:
+    """address/24 (or /32 with host), IPv6 /64 (or /128), usable at once (no DAD)."""
+    if ":" in address:
+        ns.ip("-6", "addr", "add", f"{address}/{128 if host else 64}", "dev", dev, "nodad")
+    else:
+        ns.addr(dev, f"{address}/{32 if host else 24}")
 
 
 @dataclass
@@ -346,8 +361,8 @@ def nat_segment(
     nat_router: str,
     reals: Mapping[str, str],
 ) -> Iterator[NatSegment]:
-    """The NAT lab above inside ``t``; ``reals`` maps each server's name to its
-    address. Servers are not started."""
+    """The NAT lab above inside ``t``, IPv4 or IPv6 by the addresses given; ``reals``
+    maps each server's name to its address. Servers are not started."""
     passer = BPF(text=PASS_PROGRAM)
     try:
         pass_fn = passer.load_func(b"xdp_pass", BPF.XDP)
@@ -356,19 +371,22 @@ def nat_segment(
         t.bridge(sw)
         t.veth(lb, "eth1", sw, "director")
         t.attach(sw, "director")
-        client_ns.addr("eth0", f"{client}/24")
+        _addr(client_ns, "eth0", client)
         client_ns.no_tx_offload("eth0")
-        lb.addr("eth0", f"{director}/24")
-        lb.addr("eth0", f"{vip}/32")
-        lb.addr("eth1", f"{nat_router}/24")  # nat_router: the real servers' gateway
-        lb.sysctl("net.ipv4.ip_forward", 0)  # replies reach the client through XDP only
+        _addr(lb, "eth0", director)
+        _addr(lb, "eth0", vip, host=True)
+        _addr(lb, "eth1", nat_router)  # nat_router: the real servers' gateway
+        # replies reach the client through XDP only
+        lb.sysctl("net.ipv4.ip_forward", 0)
+        lb.sysctl("net.ipv6.conf.all.forwarding", 0)
+        family = "-6" if ":" in nat_router else "-4"
         spaces = {}
         for name, addr in reals.items():
             rs = spaces[name] = t.netns(name)
             t.veth(rs, "eth0", sw, name)
             t.attach(sw, name)
-            rs.addr("eth0", f"{addr}/24")
-            rs.route("default", "via", nat_router)
+            _addr(rs, "eth0", addr)
+            rs.ip(family, "route", "add", "default", "via", nat_router)
             rs.no_tx_offload("eth0")  # their replies cross XDP
         with inside(client_ns):  # redirected to the director's eth0: arrives here
             assert attach_xdp(pass_fn, "eth0") == "native"

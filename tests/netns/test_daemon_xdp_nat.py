@@ -1,5 +1,5 @@
 """``lvs-router run --dataplane xdp --nat-interface eth1`` live: NAT virtuals served by
-the daemon, with the reply path on the private interface.
+the daemon, with the reply path on the private interface; IPv4 and IPv6 (nat6.h).
 
     client (eth0) ---- (eth0) director (eth1) ---- bridge ---- rs1, rs2
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,28 +29,54 @@ from tests.netns.topo import Topology, start_client
 
 pytestmark = pytest.mark.netns
 
-VIP = "198.18.32.100"
-CLIENT_ADDR = "198.18.32.2"
-DIRECTOR = "198.18.32.1"
-NAT_ROUTER = "198.18.33.254"
-REALS = {"rs1": ("198.18.33.11", 1), "rs2": ("198.18.33.12", 2)}
 TIMING = ("timeout = 1", "reentry = 2")
 
-CONFIG = nat_config(
-    NAT_ROUTER,
-    nat_virtual(
-        "web", vip=VIP, port=80, reals=REALS, real_port=8080, lines=(*TIMING, 'expect = "rs"')
+
+@dataclass(frozen=True)
+class Addresses:
+    vip: str
+    client: str
+    director: str
+    nat_router: str
+    reals: dict[str, tuple[str, int]]  # name -> (address, weight)
+
+    def config(self) -> str:
+        web = nat_virtual(
+            "web",
+            vip=self.vip,
+            port=80,
+            reals=self.reals,
+            real_port=8080,
+            lines=(*TIMING, 'expect = "rs"'),
+        )
+        dns = nat_virtual(
+            "dns",
+            vip=self.vip,
+            port=53,
+            protocol="udp",
+            reals=self.reals,
+            real_port=5353,
+            lines=(*TIMING, 'send = "q"', 'expect = "rs"'),
+        )
+        return nat_config(self.nat_router, web, dns)
+
+
+FAMILIES = {
+    "ipv4": Addresses(
+        vip="198.18.32.100",
+        client="198.18.32.2",
+        director="198.18.32.1",
+        nat_router="198.18.33.254",
+        reals={"rs1": ("198.18.33.11", 1), "rs2": ("198.18.33.12", 2)},
     ),
-    nat_virtual(
-        "dns",
-        vip=VIP,
-        port=53,
-        protocol="udp",
-        reals=REALS,
-        real_port=5353,
-        lines=(*TIMING, 'send = "q"', 'expect = "rs"'),
+    "ipv6": Addresses(
+        vip="2001:2:0:42::100",
+        client="2001:2:0:42::2",
+        director="2001:2:0:42::1",
+        nat_router="2001:2:0:43::fe",
+        reals={"rs1": ("2001:2:0:43::11", 1), "rs2": ("2001:2:0:43::12", 2)},
     ),
-)
+}
 
 
 def serve(lab: Lab, name: str) -> None:
@@ -62,17 +89,18 @@ def stop_serving(lab: Lab, name: str) -> None:
     lab.stop_udp(name)
 
 
-@pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Lab]:
+@pytest.fixture(params=sorted(FAMILIES))
+def lab(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Lab]:
+    a = FAMILIES[request.param]
     with (
         Topology("daemon-nat") as t,
         nat_segment(
             t,
-            client=CLIENT_ADDR,
-            director=DIRECTOR,
-            vip=VIP,
-            nat_router=NAT_ROUTER,
-            reals={name: addr for name, (addr, _w) in REALS.items()},
+            client=a.client,
+            director=a.director,
+            vip=a.vip,
+            nat_router=a.nat_router,
+            reals={name: addr for name, (addr, _w) in a.reals.items()},
         ) as seg,
     ):
         lab = Lab(
@@ -83,12 +111,13 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
             start_client(seg.client),
             tmp_path,
             tag="daemon-nat-test",
-            vip=VIP,
-            src=CLIENT_ADDR,
+            vip=a.vip,
+            src=a.client,
+            bind="::" if ":" in a.vip else "0.0.0.0",
             options=("--nat-interface", "eth1", "--on-stop", "remove"),
         )
-        lab.write_config(CONFIG, network=None)
-        for name in REALS:
+        lab.write_config(a.config(), network=None)
+        for name in a.reals:
             serve(lab, name)
         try:
             yield lab

@@ -175,6 +175,35 @@ def test_checks_follow_a_per_server_grid() -> None:
     asyncio.run(go())
 
 
+def test_a_check_that_overruns_its_slot_skips_the_missed_slot() -> None:
+    """A silent server with ``expect``: each check times out one interval after it
+    started, just after the server's next slot, so that slot is skipped, not queued:
+    the checks are two intervals apart."""
+
+    async def go() -> list[float]:
+        quiet = await asyncio.start_server(silent_handler, HOST, 0)
+        port = quiet.sockets[0].getsockname()[1]
+        cfg = config(virtual("v", server("rs0", port), port=25, timeout=1, expect='"220"'))
+        log = Log()
+        mon = HealthMonitor(cfg, log.event, observer=log.check)
+        await mon.start()
+        try:
+            await log.wait(lambda: len(log.checks("rs0")) >= 3)
+        finally:
+            await mon.stop()
+            quiet.close()
+        assert {c[4].detail for c in log.checks("rs0")} == {"read: timed out after 1 s"}
+        return [c[2] for c in log.checks("rs0")]
+
+    planned = asyncio.run(go())
+    assert {round(b - a, 6) for a, b in itertools.pairwise(planned)} == {2.0}
+
+
+async def silent_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(10)
+    writer.close()
+
+
 def test_only_active_servers_of_active_virtuals_are_checked() -> None:
     async def go() -> None:
         cfg = config(

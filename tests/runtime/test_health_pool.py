@@ -130,3 +130,57 @@ def test_a_socket_after_a_timeout_a_refusal_or_a_read_serves_the_next_check() ->
         (True, "connected"),
     ]
     assert len({fd for _, fd in out}) == 1
+
+
+def test_one_check_object_started_again_ignores_its_stale_deadlines() -> None:
+    """The monitor reuses a TcpCheck per server, and the reactor's shared timeout queue
+    never cancels an entry: the deadlines left by a run that ended must neither end a
+    later run early nor call ``done`` twice."""
+
+    async def go() -> list[ProbeResult]:
+        loop = asyncio.get_running_loop()
+        banner = await asyncio.start_server(reply(b"220 x\r\n"), HOST, 0)
+        quiet = await asyncio.start_server(silent, HOST, 0)
+        reactor = FastReactor(loop)
+        results: list[ProbeResult] = []
+        got = asyncio.Event()
+
+        def done(r: ProbeResult) -> None:
+            results.append(r)
+            got.set()
+
+        async def run(c: TcpCheck) -> None:
+            got.clear()
+            c.start()
+            await asyncio.wait_for(got.wait(), 5)
+
+        try:
+            good = tcp(banner.sockets[0].getsockname()[1], None, "220")
+            family, sockaddr = literal_address(good)  # type: ignore[misc]
+            ok = TcpCheck(reactor, good, family, sockaddr, done)
+            mute = tcp(quiet.sockets[0].getsockname()[1], None, "220")
+            family, sockaddr = literal_address(mute)  # type: ignore[misc]
+            hang = TcpCheck(reactor, mute, family, sockaddr, done)
+            await run(ok)  # leaves a connect and a read deadline behind, ~1 s ahead
+            await run(ok)
+            await asyncio.sleep(0.3)
+            await run(hang)  # runs past the stale ones: must still wait its own second
+            await run(hang)  # reused right after its own timeout
+            await run(ok)
+            await asyncio.sleep(1.2)  # any stale entry left has passed: no extra call
+        finally:
+            reactor.close()
+            banner.close()
+            quiet.close()
+        return results
+
+    results = asyncio.run(go())
+    assert [(r.ok, r.detail) for r in results] == [
+        (True, "reply b'220'"),
+        (True, "reply b'220'"),
+        (False, "read: timed out after 1 s"),
+        (False, "read: timed out after 1 s"),
+        (True, "reply b'220'"),
+    ]
+    # a timeout never comes early (the stale deadlines were ~0.7 s into the first)
+    assert all(r.latency >= 1.0 for r in results[2:4])

@@ -78,3 +78,36 @@ def test_watches_are_one_shot_and_forgettable() -> None:
 
     fast, plain = asyncio.run(go())
     assert fast == plain == ["writable", "readable"]
+
+
+def test_expiry_calls_due_owners_in_order_never_early_one_sweep_timer() -> None:
+    class Owner:
+        def __init__(self, name: str, seen: list, r: FastReactor) -> None:
+            self.name = name
+            self.seen = seen
+            self.r = r
+
+        def expired(self, deadline: float) -> None:
+            self.seen.append((self.name, deadline, self.r.time() >= deadline))
+
+    async def go() -> list:
+        loop = asyncio.get_running_loop()
+        r = FastReactor(loop)
+        seen: list = []
+        expiry = r.expiry(0.02)
+        assert r.expiry(0.02) is expiry and r.expiry(0.03) is not expiry
+        t0 = r.time()
+        for i, name in enumerate("abcd"):
+            expiry.add(t0 + 0.02 + i * 0.003, Owner(name, seen, r))
+        # one reactor timer for the queue's front, not one per entry
+        assert sum(len(b) for b in r._buckets.values()) == 1
+        await asyncio.sleep(0.1)
+        expiry.add(r.time() + 0.01, Owner("e", seen, r))  # empty again: re-armed
+        await asyncio.sleep(0.05)
+        r.close()
+        return seen
+
+    seen = asyncio.run(go())
+    assert [name for name, _, _ in seen] == ["a", "b", "c", "d", "e"]
+    assert all(on_time for _, _, on_time in seen)
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)

@@ -174,3 +174,24 @@ def test_status_shows_ipv6_addresses_in_brackets(capsys: pytest.CaptureFixture[s
     render(status, width=200)
     out = capsys.readouterr().out
     assert "[2001:2::100]:80/tcp" in out and "[2001:2::11]:80" in out
+
+
+def test_apply_refuses_at_the_line_before_touching_anything(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``lvs-router apply --dataplane xdp``: what the XDP dataplane cannot serve as
+    asked (here IPv6 NAT without the interface towards the real servers) is refused
+    with its lvs.cf position before a MAC is looked for or a program loaded."""
+    from runtime.cli import main
+
+    cf = tmp_path / "lvs.cf"
+    nat6 = V6.replace("scheduler = wrr", "scheduler = wrr\n    network = nat", 1)
+    cf.write_text("network = direct\nnat_router = 2001:2:0:41::fe eth1\n" + nat6)
+    pin_dir = tmp_path / "pins"
+    argv = ["apply", "--dataplane", "xdp", "--interface", "lo", "--pin-dir", str(pin_dir)]
+    assert main([*argv, str(cf)]) == 1
+    err = capsys.readouterr().err
+    assert f"{cf}:8:" in err and "NAT forwarding on the XDP dataplane needs" in err, err
+    assert "nothing applied" in err
+    assert not pin_dir.exists()
+    assert main([*argv, "--real-mac", "2001:2::11=02:00", str(cf)]) == 2
