@@ -240,6 +240,14 @@ LB_INLINE void table_pick(const struct service *svc, __u32 h, __u32 lc_h, __u32 
     lc_pick(svc, 0, lc_h, chosen, cr);
 }
 
+/* Does the template (ps) already say this (real id at addr, refreshed within
+ * PERSIST_REFRESH_NS)? Then a new flow of the client need not rewrite it: an LRU
+ * hash update costs about as much as the rest of the SYN's path. */
+LB_INLINE bool persist_recent(const struct persist_state *ps, __u32 id, __be32 addr, __u64 now)
+{
+    return ps && ps->real == id && ps->addr == addr && now - ps->last_ns < PERSIST_REFRESH_NS;
+}
+
 /* A new flow (or a rescheduled one) of svc: persistence template or Maglev table
  * (fh: the flow's flow_hash()). Fills id and r; returns FURTHER_PROCESSING or a
  * verdict. The caller inserts the conntrack entry. */
@@ -257,7 +265,7 @@ LB_INLINE int schedule(const struct service *svc, const struct packet *p, __u32 
             __u32 h = addr_hash(pk.client);
             table_pick(svc, h, h, &chosen, &cr);
         }
-        if (cr && cr->addr) {
+        if (cr && cr->addr && !persist_recent(ps, chosen, cr->addr, now)) {
             struct persist_state fresh = {.real = chosen, .addr = cr->addr, .last_ns = now};
             persist.update(&pk, &fresh);
         }

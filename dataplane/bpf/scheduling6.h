@@ -74,7 +74,7 @@ LB_INLINE int schedule6(const struct service *svc, const struct packet6 *p, __u3
             __u32 h = addr_hash6(pk.client);
             table_pick(svc, h, h, &chosen, &cr);
         }
-        if (cr && cr->addr) {
+        if (cr && cr->addr && !persist_recent(ps, chosen, cr->addr, now)) {
             struct persist_state fresh = {.real = chosen, .addr = cr->addr, .last_ns = now};
             persist6.update(&pk, &fresh);
         }

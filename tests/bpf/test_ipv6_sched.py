@@ -361,3 +361,26 @@ def test_an_ipv6_nat_flow_is_counted_until_its_fin_and_persists_by_prefix() -> N
         assert key == (web.index, IPv6Address("2001:2:9::"))  # 2001:2:9::5 cut to /48
     finally:
         dp.close()
+
+
+def test_a_recent_template_is_not_rewritten_by_each_new_flow(lb: Lb6) -> None:
+    """A new flow of a client whose template already names the chosen real and was
+    refreshed less than a second ago leaves it alone (an LRU hash update per SYN
+    costs as much as the rest of the path); an older one is refreshed."""
+    from dataplane.maps import PersistState
+
+    t = lb.dp.bpf[b"persist6"]
+
+    def last_ns() -> int:
+        ((_k, v),) = t.items()
+        return PersistState.from_buffer_copy(bytes(v)).last_ns
+
+    first = lb.send("sticky6", 35000, client="2001:2:9:5::1")
+    written = last_ns()
+    for sport in range(35001, 35005):
+        assert lb.send("sticky6", sport, client="2001:2:9:5::2") == first
+    assert last_ns() == written  # four hits, no rewrite
+    lb.dp.maps.age_persistence(1.5)
+    assert lb.send("sticky6", 35010, client="2001:2:9:5::3") == first
+    assert last_ns() > written - 1_500_000_000  # refreshed: younger than the aged one
+    assert lb.counter("persist_hit") == 5

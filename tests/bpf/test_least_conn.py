@@ -328,3 +328,26 @@ def test_a_nat_flow_is_counted_until_its_fin() -> None:
         assert dp.maps.real_conns() == {}
     finally:
         dp.close()
+
+
+def test_a_recent_ipv4_template_is_not_rewritten_by_each_new_flow(lb: LcLb) -> None:
+    from dataplane.maps import PersistState
+
+    t = lb.dp.bpf[b"persist"]
+
+    def last_ns() -> int:
+        ((_k, v),) = t.items()
+        return PersistState.from_buffer_copy(bytes(v)).last_ns
+
+    def send(sport: int) -> bytes:
+        res = lb.run(tcp_packet("198.18.9.77", VIPS["sticky"], sport, 80, SYN))
+        assert res.retval == XDP_TX
+        return res.data[:6]
+
+    first = send(36000)
+    written = last_ns()
+    assert all(send(sport) == first for sport in range(36001, 36005))
+    assert last_ns() == written
+    lb.dp.maps.age_persistence(1.5)
+    assert send(36010) == first
+    assert last_ns() > written - 1_500_000_000
