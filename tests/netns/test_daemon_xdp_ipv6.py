@@ -16,7 +16,9 @@ polls its status with a deadline, never asserting a duration.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +31,8 @@ import pytest
 from compiler import compile_file
 from dataplane import maglev
 from dataplane.decap import Decap
+from dataplane.libbpf import map_items, obj_get
+from dataplane.maps import U32, Service, ServiceKey6, VipKey6
 from dataplane.plan import flow_hash, plan
 from runtime.director import with_sorry_servers
 from tests.netns.daemon_lab import ROOT, DaemonLab, server_states, stop_process
@@ -246,6 +250,12 @@ def test_a_stopped_service_leaves_and_returns_after_reentry(lab: DaemonLab) -> N
     assert lab.names(n=30) == {"rs1", "rs2"}
     assert lab.stop() == 0
     assert lab.names(n=3) == {"error"}  # --on-stop remove: nothing forwards any more
+    for name, key, value in (("services6", ServiceKey6, Service), ("vips6", VipKey6, U32)):
+        fd = obj_get(f"{lab.pin_dir}/{name}")
+        try:  # our IPv6 services are gone from the pinned maps too
+            assert list(map_items(fd, ctypes.sizeof(key), ctypes.sizeof(value))) == [], name
+        finally:
+            os.close(fd)
 
 
 def test_sigkill_keeps_forwarding_and_a_restart_adopts_the_ipv6_state(lab: DaemonLab) -> None:
