@@ -299,13 +299,28 @@ def test_an_ip6ip6_tunnel_virtual(lab: DaemonLab) -> None:
     assert {n for _s, n in conns} == {"rs1", "rs2"}
 
 
-def test_a_mixed_ipv4_and_ipv6_config(lab: DaemonLab) -> None:
+def test_an_ipv4_config_reloaded_with_an_ipv6_virtual(lab: DaemonLab) -> None:
+    """An IPv4 config runs without the IPv6 path (no IPv6 maps pinned); a reload that
+    adds an IPv6 virtual builds the program with it, keeping the IPv4 state: an open
+    IPv4 connection goes on. Then both families are served side by side."""
     # the IPv6 services bind :: (IPv6 only): IPv4 gets its own, on port 8080
     v4 = {name: lab.topo.serve(lab.reals[name], name=name, tcp=[8080]) for name in REALS}
+    web4_only = virtual("web4", VIP4, 8080, reals=REALS4)
     try:
-        lab.write_config(virtual("web6") + virtual("web4", VIP4, 8080, reals=REALS4))
+        lab.write_config(web4_only)
         lab.start()
+        wait_in_full(lab, "web4")
+        assert not (Path(lab.pin_dir) / "services6").exists()
+        sport, _name = lab.ask(op="hold", src=CLIENT4, dst=VIP4, port=8080)
+        lab.write_config(virtual("web6") + web4_only)
+        done = lab.reload()
+        assert done.returncode == 0, done.stderr
+        assert "1 virtual(s) added" in done.stdout, done.stdout
+        assert (Path(lab.pin_dir) / "services6").exists()
         wait_in_full(lab, "web6", "web4")
+        for i in range(3):
+            assert lab.ask(op="echo", sport=sport, data=f"kept-{i}") == f"kept-{i}"
+        lab.ask(op="close", sport=sport)
         web4 = predict(lab, "web4")
         conns = lab.ask(op="many", src=CLIENT4, dst=VIP4, port=8080, n=30)
         assert [n for _s, n in conns] == [web4(s) for s, _n in conns]
