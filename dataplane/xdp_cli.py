@@ -1,19 +1,18 @@
-"""``lvs-router apply/show --dataplane xdp``: the command handlers, kept out of
-runtime/cli.py so the CLI only has to dispatch to them.
+"""``lvs-router show --dataplane xdp`` and the XDP options of ``apply``/``show``,
+kept out of runtime/cli.py so the CLI only has to dispatch.
 
-``apply_xdp(args)`` needs ``args.config`` (lvs.cf path), ``args.interface``,
-``args.real_mac`` (list of ``RIP=MAC``, may be empty), ``args.xdp_mode``
-(``native``/``generic``/``auto``), ``args.dialect`` (optional) and, for
-``network = nat``, ``args.nat_interface`` (the interface towards the real servers);
-``show_xdp(args)`` needs ``args.config``. Both return an exit status.
+``apply --dataplane xdp`` itself goes through the daemon's backend
+(runtime/cli.py ``_apply_xdp``: the same plan, neighbour handling and adoption as
+``lvs-router run``). ``show_xdp(args)`` needs ``args.config`` (the lvs.cf the running
+program was built from, to find its maps), ``args.pin_dir`` (optional) and
+``args.dialect`` (optional); it returns an exit status.
 """
 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from compiler import compile_file
@@ -22,7 +21,7 @@ from compiler.model import Dialect
 
 from .plan import LC_KIND, REAL_F_FAILED, REAL_F_QUIESCED, Plan, PlanError, plan
 
-EXIT_OK, EXIT_ERRORS, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_ERRORS = 0, 1
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -55,7 +54,7 @@ def _plan(args: Any) -> Plan | None:
         sys.stderr.write(render_text(errors, {result.source.name: result.source}))
         return None
     try:
-        return plan(result.config)
+        return plan(result.config, ipv6=True)
     except PlanError as err:
         where = f"{err.span}: " if err.span else ""
         print(f"{where}error: {err.message}", file=sys.stderr)
@@ -64,105 +63,23 @@ def _plan(args: Any) -> Plan | None:
         return None
 
 
-def parse_macs(pairs: list[str]) -> dict[IPv4Address, bytes]:
-    macs = {}
-    for pair in pairs:
-        rip, _, mac = pair.partition("=")
-        octets = bytes.fromhex(mac.replace(":", "").replace("-", ""))
-        if len(octets) != 6:
-            raise ValueError(f"--real-mac {pair}: not a MAC address")
-        macs[IPv4Address(rip)] = octets
-    return macs
-
-
-def neighbour_macs(addresses: list[IPv4Address]) -> dict[IPv4Address, bytes]:
-    """MACs the kernel's neighbour table knows for ``addresses``."""
-    from pyroute2 import IPRoute
-
-    found = {}
-    with IPRoute() as ipr:
-        for addr in addresses:
-            for n in ipr.get_neighbours(dst=str(addr)):
-                lladdr = n.get_attr("NDA_LLADDR")
-                if lladdr:
-                    found[addr] = bytes.fromhex(lladdr.replace(":", ""))
-    return found
-
-
-def interface_mac(ifname: str) -> bytes:
-    """The interface's own MAC address (the source of frames we send from it)."""
-    with open(f"/sys/class/net/{ifname}/address") as f:
-        return bytes.fromhex(f.read().strip().replace(":", ""))
-
-
-def apply_xdp(args: Any) -> int:
-    from .xdp import XdpDataplane
-
-    p = _plan(args)
-    if p is None:
-        return EXIT_ERRORS
-    if not args.interface:
-        print("lvs-router: --dataplane xdp needs --interface", file=sys.stderr)
-        return EXIT_USAGE
-    nat_if = getattr(args, "nat_interface", None)
-    if "nat" in p.features and not nat_if:
-        print(
-            "lvs-router: network = nat needs --nat-interface (the interface towards the "
-            "real servers)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    try:
-        macs = parse_macs(args.real_mac)
-    except ValueError as err:
-        print(f"lvs-router: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    wanted = sorted({r.address for r in p.reals} - set(macs))
-    if wanted:
-        macs.update(neighbour_macs(wanted))
-    missing = sorted({r.address for r in p.reals} - set(macs))
-    if missing:
-        print(
-            "lvs-router: no MAC address for real server(s) " + ", ".join(map(str, missing)),
-            file=sys.stderr,
-        )
-        print("  = help: pass --real-mac RIP=MAC, or ping them so the neighbour table knows them")
-        return EXIT_ERRORS
-    for note in p.notes:
-        print(note.render(), file=sys.stderr)
-    dp = XdpDataplane(p, source=args.config)
-    dp.sync(macs)
-    if nat_if:
-        dp.configure_nat(
-            private_ifindex=socket.if_nametoindex(nat_if),
-            public_ifindex=socket.if_nametoindex(args.interface),
-            private_mac=interface_mac(nat_if),
-            public_mac=interface_mac(args.interface),
-        )
-        # the reply path first: a request redirected before it runs would lose its reply
-        nat_mode = dp.attach_nat(nat_if, args.xdp_mode)
-    mode = dp.attach(args.interface, args.xdp_mode)
-    pinned = dp.pin_program()
-    print(
-        f"XDP program attached to {args.interface} ({mode} mode), pinned at {pinned}: "
-        f"{len(p.services)} virtual service(s), {len(p.reals)} real server(s)"
-    )
-    if nat_if:
-        print(f"NAT reply path attached to {nat_if} ({nat_mode} mode)")
-    return EXIT_OK
+def endpoint(address: IPv4Address | IPv6Address, port: int | str) -> str:
+    """``address:port``, with an IPv6 address in brackets (RFC 3986) so the port
+    cannot be read as part of it."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
 def show_xdp(args: Any) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .xdp import XdpDataplane
+    from .xdp import PIN_DIR, XdpDataplane
 
     p = _plan(args)
     if p is None:
         return EXIT_ERRORS
     # same program shape: bcc reuses the pinned maps; a reader never replaces them
-    dp = XdpDataplane(p, replace_misfits=False)
+    dp = XdpDataplane(p, pin_dir=getattr(args, "pin_dir", None) or PIN_DIR, replace_misfits=False)
     m = dp.maps
     table = Table(title="XDP dataplane counters")
     for col in ("virtual / server", "address", "state", "packets", "bytes", "new flows"):
@@ -176,7 +93,7 @@ def show_xdp(args: Any) -> int:
         port = svc.port or "*"
         table.add_row(
             svc.name,
-            f"{svc.vip}:{port}/{proto[svc.proto]}",
+            f"{endpoint(svc.vip, port)}/{proto[svc.proto]}",
             f"{svc.method.value} {svc.scheduler.value}",
             str(c.packets),
             str(c.bytes),

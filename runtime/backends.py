@@ -540,6 +540,10 @@ class XdpBackend:
             m.delete_service(*key)
         for vip, proto in m.vips():
             m.delete_vip(vip, proto)
+        for key in m.services6():  # none unless the program has the IPv6 path
+            m.delete_service6(*key)
+        for vip in m.vips6():
+            m.delete_vip6(vip)
         if self.nat_mode is not None:
             return [
                 f"XDP programs detached from {self.interface} and {self.nat_interface}, "

@@ -93,11 +93,10 @@ def _parser() -> argparse.ArgumentParser:
     for parser in (a, s):
         group = parser.add_argument_group("XDP dataplane")
         add_xdp_arguments(group)
-        if parser is a:
-            group.add_argument(
-                "--pin-dir",
-                help="bpffs directory of the pinned maps (default /sys/fs/bpf/lvs-router)",
-            )
+        group.add_argument(
+            "--pin-dir",
+            help="bpffs directory of the pinned maps (default /sys/fs/bpf/lvs-router)",
+        )
 
     for name, what in NOT_YET.items():
         sub.add_parser(name, help=f"(not available yet) {what}")

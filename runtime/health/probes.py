@@ -36,6 +36,7 @@ _BUSY = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
 _TROUBLE = select.EPOLLERR | select.EPOLLHUP
 _READ_READY = select.EPOLLIN | select.EPOLLERR | select.EPOLLHUP | select.EPOLLRDHUP
+_OUT = select.EPOLLOUT
 
 
 class ProbeResult(NamedTuple):
@@ -70,6 +71,9 @@ async def probe(spec: CheckSpec) -> ProbeResult:
     except OSError as err:
         ok, detail = False, _oserror(err)
     return ProbeResult(ok, loop.time() - start, detail)
+
+
+_new_tuple = tuple.__new__
 
 
 def _oserror(err: OSError) -> str:
@@ -234,7 +238,7 @@ class TcpCheck:
         if self.phase == "connect":
             if events & _TROUBLE:
                 err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)  # type: ignore[union-attr]
-            elif events & select.EPOLLOUT:
+            elif events & _OUT:
                 if self.plain:  # the common case, in short
                     self._finish(True, "connected")
                     return
@@ -336,7 +340,8 @@ class TcpCheck:
                 self.reactor.release(sock)  # type: ignore[attr-defined]
         else:
             self._release()
-        self.done(ProbeResult(ok, self.reactor.time() - self.started, detail))
+        # tuple.__new__ straight: the named tuple's own __new__ is a Python function
+        self.done(_new_tuple(ProbeResult, (ok, self.reactor.time() - self.started, detail)))
 
     def cancel(self) -> None:
         """Abandon the check: give back or close the socket, never call ``done``."""

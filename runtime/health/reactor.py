@@ -378,9 +378,10 @@ class FastReactor:
         while True:
             ready = self._epoll.poll(0, _BATCH)
             for fd, events in ready:
-                fn = callbacks.pop(fd, None)
+                # a descriptor is either followed or watched once, never both
+                fn = following.get(fd)
                 if fn is None:
-                    fn = following.get(fd)
+                    fn = callbacks.pop(fd, None)
                 if fn is not None:
                     try:
                         fn(events)

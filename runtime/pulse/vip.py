@@ -7,8 +7,10 @@ down`` to give them up (spec §3.5). We add and remove exactly those addresses, 
 the base device, labelled with the alias name so ``ip addr`` and ``ifconfig`` show
 them as piranha's did. Differences: without ``vip_nmask`` ifconfig gave the address
 its classful netmask; we give it /32 (/128), which is what a floating service
-address wants. Adding an address that is there, or removing one that is not, is not
-an error: activation and deactivation can be repeated safely.
+address wants; an IPv6 VIP is added deprecated (preferred lifetime 0, so never
+chosen as a source address) and without duplicate address detection. Adding an
+address that is there, or removing one that is not, is not an error: activation and
+deactivation can be repeated safely.
 
 The netlink side is synchronous (pyroute2's ``IPRoute`` runs its own event loop, so
 the asyncio adapter calls it through ``asyncio.to_thread``). ``netns`` names a
@@ -149,7 +151,14 @@ class Netlink:
             if spec.broadcast is not None:
                 kw["broadcast"] = str(spec.broadcast)
             if isinstance(spec.address, IPv6Address):
-                kw["flags"] = 0x80  # IFA_F_NODAD: a floating address cannot wait for DAD
+                kw["flags"] = 0x02  # IFA_F_NODAD: a floating address cannot wait for DAD
+                # Deprecated at once (valid forever): it still receives and answers
+                # neighbour solicitations, but source selection never picks it. A /128
+                # VIP inside the real servers' /64 would otherwise win the longest-match
+                # rule over the director's own /64 address and become the source of
+                # its health checks, which a direct-routing real server (it holds the
+                # VIP too) drops.
+                kw["preferred_lft"] = 0
             ipr.addr(
                 "add",
                 index=self._index(ipr, spec.device),

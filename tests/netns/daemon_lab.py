@@ -39,7 +39,7 @@ from bcc import BPF
 from dataplane.xdp import attach_xdp
 from runtime.control import ControlError, request
 from tests.netns.topo import Netns, Topology, ask, inside
-from tests.netns.xdp_lab import PASS_PROGRAM
+from tests.netns.xdp_lab import PASS_PROGRAM, link_mac
 
 ROOT = Path(__file__).resolve().parents[2]
 DEADLINE_S = 30.0
@@ -247,10 +247,12 @@ class DaemonLab:
             assert time.monotonic() < deadline, f"timed out waiting until {what}\n{self.log()}"
             time.sleep(every_s)
 
-    def replace_real(self, name: str, virtual: str, new_mac: str) -> None:
+    def replace_real(self, name: str, virtual: str) -> None:
         """Real server ``name`` becomes another machine at the same address (eth0 gets
-        ``new_mac``); returns once the daemon has learned the new MAC, the server is up
+        another MAC); returns once the daemon has learned the new MAC, the server is up
         in ``virtual`` again, and new connections reach every server of ``virtual``."""
+        old = link_mac(self.reals[name]).hex(":")
+        new_mac = next(m for m in ("02:00:5e:00:53:11", "02:00:5e:00:53:12") if m != old)
         self.reals[name].ip("link", "set", "eth0", "address", new_mac)
         learned = f"MAC of {self.addresses[name]} is now {new_mac}"
         self.until(lambda: learned in self.log(), learned)

@@ -5,7 +5,7 @@ active_cmd/inactive_cmd run without a shell, sync-daemon roles, status(), stop()
 from __future__ import annotations
 
 import asyncio
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from compiler import compile_file
 from runtime.pulse import garp
 from runtime.pulse.heartbeat import Pulse, PulseExit, Status
-from runtime.pulse.vip import Netlink
+from runtime.pulse.vip import Netlink, VipSpec
 from tests.netns.test_pulse_wire import PUB, VIP, config, has_vip, mac_of, pair, partner
 from tests.netns.topo import Capture, Topology, inside
 
@@ -235,3 +235,37 @@ def test_a_mac_changed_since_start_is_announced_again_at_once(
 
     assert mac_of(router) == new_mac
     assert [f.data for f in cap.frames()] == round_of(old_mac) + round_of(new_mac) * 2
+
+
+def test_an_ipv6_vip_is_never_the_source_of_the_directors_own_traffic(
+    topology: Topology,
+) -> None:
+    """A /128 VIP inside the real servers' /64 that shares more leading bits with a
+    real server's address than the director's own address does (::3 and ::2 against
+    ::f000) would win source selection (RFC 6724 rule 8); added deprecated it never does, and
+    it still receives (a neighbour's connection attempt is answered). It is usable at
+    once: no duplicate address detection holds a taken-over VIP back."""
+    lb, rs = topology.netns("lb"), topology.netns("rs")
+    topology.veth(lb, "eth0", rs, "eth0")
+    for ns, addr in ((lb, "2001:2:0:7::f000/64"), (rs, "2001:2:0:7::2/64")):
+        ns.ip("-6", "addr", "add", addr, "dev", "eth0", "nodad")
+    spec = VipSpec(IPv6Address("2001:2:0:7::3"), 128, "eth0", None, None)
+    netlink = Netlink(netns=lb.name)
+    assert netlink.add(spec)
+    route = lb.ip("-6", "route", "get", "2001:2:0:7::2")
+    assert " src 2001:2:0:7::f000 " in route, route
+    (line,) = [x for x in lb.ip("-6", "addr", "show", "dev", "eth0").splitlines() if "::3/" in x]
+    flags = set(line.split())
+    assert {"deprecated", "nodad"} <= flags and "tentative" not in flags, line
+    probe = (
+        "import socket\n"
+        "s = socket.socket(socket.AF_INET6)\n"
+        "s.settimeout(5)\n"
+        "try:\n"
+        "    s.connect(('2001:2:0:7::3', 9))\n"
+        "except ConnectionRefusedError:\n"
+        "    print('refused')\n"
+    )
+    assert rs.python(probe).strip() == "refused"  # the VIP's owner answered with RST
+    assert netlink.remove(spec)
+    assert "2001:2:0:7::3/" not in lb.ip("-6", "addr", "show", "dev", "eth0")
