@@ -318,6 +318,7 @@ class TcpCheck:
 
     def _release(self) -> None:
         self.active = False
+        self.deadline = 0.0
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -335,6 +336,7 @@ class TcpCheck:
             return
         if self.fast:  # _release in short
             self.active = False
+            self.deadline = 0.0  # its Expiry entries are stale now
             sock, self.sock = self.sock, None
             if sock is not None:
                 self.reactor.release(sock)  # type: ignore[attr-defined]

@@ -86,9 +86,14 @@ class LoopReactor:
 
 
 class Expires(Protocol):
+    """What :class:`Expiry` times out: ``deadline`` is its time limit in force; an
+    entry whose deadline differs from it is stale (entries are never cancelled) and
+    dropped without a call."""
+
+    deadline: float
+
     def expired(self, deadline: float) -> None:
-        """A deadline given to :meth:`Expiry.add` has come: act on it only if it is
-        still this object's current deadline (entries are never cancelled)."""
+        """``deadline``, still the one in force, has come."""
 
 
 class Expiry(DeadlineQueue["Expires"]):
@@ -115,6 +120,8 @@ class Expiry(DeadlineQueue["Expires"]):
         reactor = self._reactor
         try:
             for deadline, owner in self.due(reactor.time() + _SLACK):
+                if owner.deadline != deadline:
+                    continue  # stale: that check ended, or moved on to its read
                 try:
                     owner.expired(deadline)
                 except Exception as err:

@@ -82,10 +82,11 @@ def test_watches_are_one_shot_and_forgettable() -> None:
 
 def test_expiry_calls_due_owners_in_order_never_early_one_sweep_timer() -> None:
     class Owner:
-        def __init__(self, name: str, seen: list, r: FastReactor) -> None:
+        def __init__(self, name: str, seen: list, r: FastReactor, deadline: float) -> None:
             self.name = name
             self.seen = seen
             self.r = r
+            self.deadline = deadline  # the limit in force; another makes entries stale
 
         def expired(self, deadline: float) -> None:
             self.seen.append((self.name, deadline, self.r.time() >= deadline))
@@ -97,12 +98,17 @@ def test_expiry_calls_due_owners_in_order_never_early_one_sweep_timer() -> None:
         expiry = r.expiry(0.02)
         assert r.expiry(0.02) is expiry and r.expiry(0.03) is not expiry
         t0 = r.time()
-        for i, name in enumerate("abcd"):
-            expiry.add(t0 + 0.02 + i * 0.003, Owner(name, seen, r))
+        owners = []
+        for i, name in enumerate("abcdx"):
+            deadline = t0 + 0.02 + i * 0.003
+            owners.append(Owner(name, seen, r, deadline))
+            expiry.add(deadline, owners[-1])
+        owners[-1].deadline = 0.0  # x ended before its limit: its entry is stale
         # one reactor timer for the queue's front, not one per entry
         assert sum(len(b) for b in r._buckets.values()) == 1
         await asyncio.sleep(0.1)
-        expiry.add(r.time() + 0.01, Owner("e", seen, r))  # empty again: re-armed
+        when = r.time() + 0.01
+        expiry.add(when, Owner("e", seen, r, when))  # empty again: re-armed
         await asyncio.sleep(0.05)
         r.close()
         return seen
