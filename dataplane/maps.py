@@ -550,6 +550,28 @@ class LbMaps:
         if bytes(held.key) == bytes(key):
             info[info.Key(index)] = info.Leaf()
 
+    def clear_service_info(self, keep: set[int], *, ipv6: bool = False) -> list[int]:
+        """Clear every ``service_info`` (``ipv6``: ``service_info6``) index outside
+        ``keep`` that still holds a key: an index whose service moved to another index
+        or family in a new plan. A tracked flow names its service by index, so a stale
+        entry there would still match the flow's packets and schedule them by the
+        table that index has now (another service's). Returns the indexes cleared."""
+        name, info_type = ("service_info6", ServiceInfo6) if ipv6 else ("service_info", ServiceInfo)
+        t = self._t[name]
+        size = ct.sizeof(info_type)
+        raw = array_values(t.map_fd, size, self.sizes.max_services)
+        cleared = []
+        for index in range(self.sizes.max_services):
+            if index in keep:
+                continue
+            held = info_type.from_buffer_copy(raw, index * size)
+            if any(bytes(held.key)):
+                t[t.Key(index)] = t.Leaf()
+                cleared.append(index)
+        if cleared:
+            self.writes += 1
+        return cleared
+
     def services(self) -> dict[tuple[IPv4Address, int, int], tuple[int, int, int, IPv4Address]]:
         """Every service key with its value; the index reads as -1 when
         ``service_info`` does not hold the same service at that index (a map

@@ -498,6 +498,7 @@ class XdpDataplane:
             m.delete_vip(vip, proto)
         for key in set(present) - set(wanted):
             m.delete_service(*key)
+        m.clear_service_info({index for index, *_rest in wanted.values()})
 
     def _sync_services6(self) -> None:
         """The IPv6 services and VIPs (services6, service_info6, vips6), as
@@ -523,6 +524,7 @@ class XdpDataplane:
             m.delete_vip6(vip)
         for key in set(present) - set(wanted):
             m.delete_service6(*key)
+        m.clear_service_info({index for index, *_rest in wanted.values()}, ipv6=True)
 
     # network = nat
     def configure_nat(

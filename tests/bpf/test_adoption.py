@@ -184,3 +184,56 @@ def test_a_resize_refills_the_ipv6_connection_table_and_templates(pin_dir: str) 
     assert second.maps.global_counters()["ct_hit"] == 31
     assert (IPv6Address(client), 42000, IPv6Address("2001:2::21"), 80, TCP) in before
     second.close()
+
+
+def test_a_service_moved_to_another_index_leaves_no_stale_entry(pin_dir: str) -> None:
+    """A new config puts an IPv6 virtual first: the IPv4 service moves from index 0 to
+    1. Its tracked flow names index 0, whose service_info entry the new sync clears, so
+    the flow's next packet finds its service by key and keeps its real server (by the
+    same Maglev keys), instead of being scheduled by index 0's table, now the IPv6
+    service's (the daemon test of a reload adding IPv6 saw its connection reset)."""
+    from ipaddress import IPv6Address
+
+    four = """network = direct
+virtual web4 {
+ active = 1
+ address = 198.18.0.10 eth0:1
+ port = 80
+ scheduler = wrr
+ server a {
+  address = 198.18.1.1
+  active = 1
+ }
+ server b {
+  address = 198.18.1.2
+  active = 1
+ }
+}
+"""
+    six = four.replace("virtual web4 {", "virtual web6 {\n address = 2001:2::10 eth0\n", 1)
+    six = six.replace(" address = 198.18.0.10 eth0:1\n", "", 1)
+    six = six.replace("198.18.1.", "2001:2:1::") + four.replace("network = direct\n", "")
+    from compiler import compile_text
+
+    macs = {IPv4Address(f"198.18.1.{i}"): bytes.fromhex(f"02000000010{i}") for i in (1, 2)}
+    macs |= {IPv6Address(f"2001:2:1::{i}"): bytes.fromhex(f"02000000060{i}") for i in (1, 2)}
+    first = XdpDataplane(plan(compile_text("4.cf", four).config, SIZES), pin_dir=pin_dir)
+    first.sync(macs)
+    sent = {}
+    for sport in range(42000, 42020):
+        out = prog_run(first.prog_fd, tcp_packet("198.18.9.5", "198.18.0.10", sport, 80, SYN))
+        sent[sport] = out.data[:6]
+    assert set(sent.values()) == {macs[IPv4Address("198.18.1.1")], macs[IPv4Address("198.18.1.2")]}
+    first.close()
+
+    p = plan(compile_text("6.cf", six).config, SIZES, ipv6=True)
+    assert [(s.name, s.index) for s in p.services] == [("web6", 0), ("web4", 1)]
+    second = XdpDataplane(p, pin_dir=pin_dir)
+    second.sync(macs)
+    for sport, mac in sent.items():
+        out = prog_run(second.prog_fd, tcp_packet("198.18.9.5", "198.18.0.10", sport, 80, ACK))
+        assert out.retval == XDP_TX and out.data[:6] == mac
+    g = second.maps.global_counters()
+    assert g["ct_hit"] == 0 and g["rescheduled"] == 0  # each found web4 by its key again
+    assert second.maps.clear_service_info({1}) == []  # nothing stale left
+    second.close()
