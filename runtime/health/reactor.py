@@ -18,7 +18,9 @@ implementations give them:
   ``tcp_disconnect``, which is what ``close()`` with ``SO_LINGER`` 0 does: an RST if
   connected) and kept, still in the epoll set, for a later check. That saves the
   ``socket``, ``setsockopt``, ``close`` and the kernel's socket set-up and tear-down
-  of every check (one system call, that connect, takes their place).
+  of every check (one system call, that connect, takes their place). And it keeps
+  the time limits of all checks of one length in one :class:`Expiry`, a queue in
+  time order swept by a single timer, instead of a timer per check.
 """
 
 from __future__ import annotations

@@ -22,8 +22,9 @@ connection."""
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address
 
 import pytest
@@ -74,6 +75,7 @@ CONFIG = (
 class Lab(XdpLab):
     director: Netns | None = None
     client_ns: Netns | None = None
+    real_ns: dict[str, Netns] = field(default_factory=dict)
 
 
 def _addr6(ns: Netns, dev: str, cidr: str) -> None:
@@ -102,9 +104,9 @@ def built() -> Iterator[Lab]:
         _addr6(lb, "eth0", f"{VIP}/128")
         _addr6(lb, "eth1", f"{NAT_ROUTER}/64")
         lb.sysctl("net.ipv6.conf.all.forwarding", 0)  # replies reach the client through XDP only
-        macs = {}
+        macs, spaces = {}, {}
         for name, (addr, _w) in REALS.items():
-            rs = t.netns(name)
+            rs = spaces[name] = t.netns(name)
             t.veth(rs, "eth0", sw, name)
             t.attach(sw, name)
             _addr6(rs, "eth0", f"{addr}/64")
@@ -126,7 +128,10 @@ def built() -> Iterator[Lab]:
             )
             assert dp.attach_nat("eth1") == "native"
             assert dp.attach("eth0") == "native"
-        lab = Lab(dp, p, macs, start_client(client), CLIENT_ADDR, director=lb, client_ns=client)
+        lab = Lab(
+            dp, p, macs, start_client(client), CLIENT_ADDR, director=lb, client_ns=client,
+            real_ns=spaces,
+        )  # fmt: skip
         # Warm up neighbour discovery (the client's for the VIP, each real server's for
         # nat_router, link-local addresses on fresh veths): a SYN whose answer waits
         # for it is retransmitted.
@@ -220,3 +225,41 @@ def test_the_directors_own_traffic_to_a_real_server_goes_to_its_kernel(lab: Lab)
     # replies would have left through eth0 instead
     assert lab.dp.maps.global_counters()["pass_nat_no_flow"] >= 2
     assert not [k for k in lab.dp.maps.nat_flows6() if k[2] == IPv6Address(NAT_ROUTER)]
+
+
+def test_packet_too_big_about_a_reply_lowers_the_real_servers_path_mtu(lab: Lab) -> None:
+    """Path-MTU discovery through the director: a router on the public side (played
+    by the client's namespace with a raw ICMPv6 socket; the kernel computes the
+    checksum) cannot forward a reply [VIP]:53 -> client and sends Packet Too Big
+    (MTU 1280) to the VIP. The director translates it (outer destination and quoted
+    source become the real server's [RIP]:5353) and the real server's kernel, which
+    checks the ICMPv6 checksum over the new pseudo header, lowers its path MTU
+    towards the client; the other real server hears nothing."""
+    dns = lab.service("dns6")
+    [[sport, name]] = lab.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=53, n=1, ports=True)
+    assert name == lab.expected(dns, sport)
+    other = next(n for n in REALS if n != name)
+
+    def path_mtu(real: str) -> str:
+        route = lab.real_ns[real].ip("-6", "route", "get", CLIENT_ADDR)
+        return route.split(" mtu ")[1].split()[0] if " mtu " in route else "none"
+
+    assert path_mtu(name) == path_mtu(other) == "none"
+    code = (
+        "import socket, struct\n"
+        f"vip, client = socket.inet_pton(socket.AF_INET6, '{VIP}'), "
+        f"socket.inet_pton(socket.AF_INET6, '{CLIENT_ADDR}')\n"
+        "quote = struct.pack('!IHBB', 6 << 28, 1408, 17, 64) + vip + client\n"
+        f"quote += struct.pack('!HHHH', 53, {sport}, 1408, 0x1234) + bytes(64)\n"
+        "msg = struct.pack('!BBHI', 2, 0, 0, 1280) + quote\n"
+        "s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n"
+        f"s.sendto(msg, ('{VIP}', 0))\n"
+    )
+    lab.client_ns.python(code)
+    for _ in range(50):  # the real server's kernel takes it within a few ms
+        if path_mtu(name) != "none":
+            break
+        time.sleep(0.05)
+    assert path_mtu(name) == "1280"
+    assert path_mtu(other) == "none"
+    assert lab.dp.maps.global_counters()["nat_icmp"] == 1
