@@ -312,11 +312,12 @@ def _service(
 def plan(config: Config, sizes: Sizes | None = None, *, ipv6: bool = False) -> Plan:
     """The XDP dataplane's view of ``config`` (its active virtual services).
 
-    ``ipv6``: take IPv6 virtuals (direct routing, bpf/ipv6.h). Off by default because
-    the callers that drive the maps from run-time state -- the daemon
-    (runtime/backends.py: neighbour table, adoption of pinned reals) and
-    ``lvs-router apply`` -- are IPv4 only so far; the loader API
-    (dataplane.xdp.XdpDataplane), the emitters and the tests ask for it."""
+    ``ipv6``: take IPv6 virtuals (direct routing, IP6IP6 and NAT: bpf/ipv6.h, nat6.h).
+    Every caller that loads or shows a program asks for it -- the daemon and
+    ``lvs-router apply``/``show`` (runtime/backends.py), the emitter and
+    dataplane/xdp_cli.py -- so an IPv6 virtual gets feature ``ipv6`` compiled in. Off
+    by default so that a caller which only knows IPv4 state says so: it then gets a
+    PlanError at an IPv6 virtual's line rather than a program it cannot drive."""
     notes: list[PlanNote] = []
     groups: dict[tuple, list[VirtualService]] = {}
     for vs in config.active_virtuals:
@@ -325,12 +326,12 @@ def plan(config: Config, sizes: Sizes | None = None, *, ipv6: bool = False) -> P
         vip = _ipv4(vs.address, f"virtual {vs.name}: address", vs.span)
         if vip.version == 6 and not ipv6:
             raise PlanError(
-                f"virtual {vs.name}: address {vip} is IPv6, which this XDP front end does "
-                "not serve yet",
+                f"virtual {vs.name}: address {vip} is IPv6, which this caller of the XDP "
+                "planner does not take",
                 vs.spans.get("address", vs.span),
-                "the XDP loader serves IPv6 direct routing, IP6IP6 and NAT (dataplane.xdp with "
-                "plan(..., ipv6=True), docs/xdp.md); the daemon and `lvs-router apply "
-                "--dataplane xdp` are IPv4 only so far",
+                "IPv6 direct routing, IP6IP6 and NAT are served with plan(..., ipv6=True), "
+                "as the daemon, `lvs-router apply --dataplane xdp` and the loader ask for "
+                "(docs/xdp.md)",
             )
         key = (vip, 0 if vs.is_fwmark else vs.port, PROTO[vs.protocol])
         group = groups.setdefault(key, [])

@@ -126,7 +126,12 @@ def test_udp_exchanges_complete_through_port_mapping(lab: Lab) -> None:
     answers = lab.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=53, n=100, ports=True)
     assert [n for _s, n in answers] == [lab.expected(dns, s) for s, _n in answers]
     assert {n for _s, n in answers} == {"rs1", "rs2"}
-    assert lab.dp.maps.global_counters()["nat_out"] == 100
+    # every datagram in and every answer out, counted on the service itself: nat_out
+    # would also count a real server's answer to a late packet of an earlier test's
+    # TCP connection (a mid-flow packet without state is scheduled like a new flow,
+    # on web, not dns)
+    assert lab.dp.maps.service_counters(dns.index).packets == 200
+    assert lab.dp.maps.global_counters()["nat_out"] >= 100
 
 
 def test_long_lived_connection_survives_a_weight_change(lab: Lab) -> None:
@@ -172,6 +177,9 @@ def test_the_directors_own_traffic_to_a_real_server_goes_to_its_kernel(lab: Lab)
         f"import socket; s = socket.create_connection(('{rip}', 8080), timeout=5); "
         "print(s.recv(100).decode())"
     )
+    # IP forwarding is off: a reply translated by mistake would have left through eth0
     assert lab.director.python(code).strip() == "rs1"
-    c = lab.dp.maps.global_counters()
-    assert c["pass_nat_no_flow"] >= 2 and c["nat_out"] == 0
+    assert lab.dp.maps.global_counters()["pass_nat_no_flow"] >= 2
+    # no NAT flow of the director's own (nat_out may count late packets of earlier
+    # tests' connections; the director's connection has no reverse entry)
+    assert not [k for k in lab.dp.maps.nat_flows() if k[2] == IPv4Address(NAT_ROUTER)]
