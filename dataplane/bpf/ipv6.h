@@ -53,8 +53,14 @@ LB_INLINE int parse6(void *data, void *data_end, struct packet6 *p)
             return NAT_ICMP; /* nat6.h decides */
         return verdict(G_PASS_NOT_VIP, XDP_PASS); /* ICMPv6, ESP, no next header ... */
     }
-    __builtin_memcpy(p->flow.saddr, &ip6->saddr, 16);
-    __builtin_memcpy(p->flow.daddr, &ip6->daddr, 16);
+    /* the addresses in the 64-bit words ct6_hash and ct6_find read (x86-64 loads
+     * them from the packet unaligned at no cost) */
+    const __u64 *a = (const __u64 *)&ip6->saddr;
+    __u64 *k = (__u64 *)&p->flow;
+    k[0] = a[0];
+    k[1] = a[1];
+    k[2] = a[2];
+    k[3] = a[3];
     p->flow.proto = nh;
     p->len = data_end - data;
     if (nh == IPPROTO_TCP) {

@@ -37,23 +37,28 @@ struct icmp6_err {            /* an ICMPv6 error message's first 8 bytes */
 #define ICMP6_TIME_EXCEEDED 3
 #define NEXTHDR_ICMP6 58
 
-/* the sum of ~from + to over an IPv6 address's 16-bit halves: what replacing it adds
- * to a ones' complement checksum (at most 16 x 0xffff: no overflow in 32 bits) */
-LB_INLINE __u32 csum_addr6_delta(const __be32 *from, const __be32 *to)
+/* What replacing IPv6 address `from` by `to` adds to a ones' complement checksum:
+ * ~from + to summed over 32-bit words in 64 bits (2^32 = 1 modulo 0xffff, so the sum
+ * folds to the same 16-bit value as one over halves, at half the instructions; at
+ * most 8 x 0xffffffff: no overflow). csum_apply folds it with the rest. */
+LB_INLINE __u64 csum_addr6_delta(const __be32 *from, const __be32 *to)
 {
-    __u32 s = 0;
+    __u64 s = 0;
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        __u32 f = ~from[i], t = to[i];
-        s += (f & 0xffff) + (f >> 16) + (t & 0xffff) + (t >> 16);
-    }
+    for (int i = 0; i < 4; i++)
+        s += (__u64)(__u32)~from[i] + to[i];
     return s;
 }
 
-/* RFC 1624 eqn. 3 with a precomputed delta (csum_addr6_delta and port halves) */
-LB_INLINE __u16 csum_apply(__u16 check, __u32 delta)
+/* RFC 1624 eqn. 3 with a precomputed delta (csum_addr6_delta, twice at most, and
+ * port halves: below 2^36): ~(~HC + delta) folded to 16 bits once, in three steps
+ * (< 2^37 -> <= 0x20ffff -> <= 0x1001f -> <= 0xffff) */
+LB_INLINE __u16 csum_apply(__u16 check, __u64 delta)
 {
-    return ~csum_fold32((__u16)~check + csum_fold32(delta));
+    __u64 s = (__u16)~check + delta;
+    s = (s & 0xffff) + (s >> 16);
+    s = (s & 0xffff) + (s >> 16);
+    return ~(__u16)((s & 0xffff) + (s >> 16));
 }
 
 /* reals[i].addr of an IPv6 real: the XOR of its four words, 1 if 0 (maps.addr_word) */
@@ -61,6 +66,14 @@ LB_INLINE __be32 addr6_tag(const __be32 *a)
 {
     __u32 t = a[0] ^ a[1] ^ a[2] ^ a[3];
     return t ? t : 1;
+}
+
+/* an IPv6 address between two 8-byte aligned places (a flow key, a map value): two
+ * 64-bit moves, in the words the connection table's hash and compares read */
+LB_INLINE void addr6_copy64(__be32 *to, const __be32 *from)
+{
+    ((__u64 *)to)[0] = ((const __u64 *)from)[0];
+    ((__u64 *)to)[1] = ((const __u64 *)from)[1];
 }
 
 LB_INLINE void addr6_copy(__be32 *to, const __be32 *from)
@@ -79,18 +92,22 @@ LB_INLINE void nat6_touch(struct flow_state *st, const struct packet6 *p, __u64 
 }
 
 /* Rewrite (address, port) at the source (is_src) or destination of the IPv6 packet
- * after the Ethernet header, with the TCP/UDP checksum, and decrement the hop limit.
- * FURTHER_PROCESSING or XDP_DROP (UDP checksum 0, truncated: parse6 checked both
- * headers, so only a changed frame gets there). */
+ * after the Ethernet header, with the TCP/UDP checksum, and decrement the hop limit;
+ * first what a NAT packet must have, checked before anything is written: a hop limit
+ * > 1 (else XDP_PASS, pass_hop_limit) and, for UDP, a checksum (else XDP_DROP,
+ * drop_bad_l4). FURTHER_PROCESSING or that verdict (XDP_DROP if truncated: parse6
+ * checked both headers, so only a changed frame gets there). */
 LB_INLINE int nat6_rewrite(void *data, void *data_end, bool is_src, const __be32 *addr,
                            __be16 port)
 {
     struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
-    if ((void *)(ip6 + 1) > data_end)
+    struct udphdr *uh = (void *)(ip6 + 1); /* TCP's ports sit where UDP's do */
+    if ((void *)(uh + 1) > data_end)
         return XDP_DROP;
+    if (ip6->hop_limit <= 1)
+        return verdict(G_PASS_HOP_LIMIT, XDP_PASS);
     __be32 *a = is_src ? ip6->saddr.in6_u.u6_addr32 : ip6->daddr.in6_u.u6_addr32;
-    __u32 delta = csum_addr6_delta(a, addr);
-    ip6->hop_limit -= 1;
+    __u64 delta = csum_addr6_delta(a, addr);
     if (ip6->nexthdr == IPPROTO_TCP) {
         struct tcphdr *th = (void *)(ip6 + 1);
         if ((void *)(th + 1) > data_end)
@@ -99,9 +116,6 @@ LB_INLINE int nat6_rewrite(void *data, void *data_end, bool is_src, const __be32
         th->check = csum_apply(th->check, delta + (__u16)~*pp + port);
         *pp = port;
     } else {
-        struct udphdr *uh = (void *)(ip6 + 1);
-        if ((void *)(uh + 1) > data_end)
-            return XDP_DROP;
         if (!uh->check)
             return verdict(G_DROP_BAD_L4, XDP_DROP);
         __be16 *pp = is_src ? &uh->source : &uh->dest;
@@ -109,12 +123,14 @@ LB_INLINE int nat6_rewrite(void *data, void *data_end, bool is_src, const __be32
         uh->check = c ? c : 0xffff;
         *pp = port;
     }
+    ip6->hop_limit -= 1;
     addr6_copy(a, addr);
     return FURTHER_PROCESSING;
 }
 
-/* The hop limit and (UDP) checksum a NAT packet must have before any state is
- * written for it: FURTHER_PROCESSING, or the verdict. */
+/* The hop limit and (UDP) checksum a new NAT flow's packet must have before its
+ * state is written (nat6_rewrite checks them again, before it writes the packet):
+ * FURTHER_PROCESSING, or the verdict. */
 LB_INLINE int nat6_admissible(void *data, void *data_end, __u8 proto)
 {
     struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
@@ -138,23 +154,19 @@ LB_INLINE int forward_nat6(struct xdp_md *ctx, __u32 id, const struct real *r,
         return verdict(G_DROP_NAT_UNSET, XDP_DROP);
     void *data = (void *)(long)ctx->data;
     void *data_end = (void *)(long)ctx->data_end;
-    int v = nat6_admissible(data, data_end, p->flow.proto);
-    if (v != FURTHER_PROCESSING)
-        return v;
     struct real6 *r6 = reals6.lookup(&id);
     if (!r6)
         return verdict(G_DROP_NO_REAL, XDP_DROP);
+    int v = nat6_rewrite(data, data_end, false, r6->addr, nat_real_port(id, p->flow.dport));
+    if (v != FURTHER_PROCESSING)
+        return v; /* hop limit, UDP checksum 0: nothing written, the flow not refreshed */
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > data_end)
         return XDP_DROP;
-    __be16 rport = nat_real_port(id, p->flow.dport);
-    if (st)
-        nat6_touch(st, p, now);
     __builtin_memcpy(eth->h_dest, r->mac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, cfg->priv_mac, ETH_ALEN);
-    v = nat6_rewrite(data, data_end, false, r6->addr, rport);
-    if (v != FURTHER_PROCESSING)
-        return v;
+    if (st)
+        nat6_touch(st, p, now);
     count(G_NAT_IN);
     return tx_ports.redirect_map(NAT_TX_PRIVATE, XDP_DROP);
 }
@@ -217,13 +229,14 @@ LB_INLINE int nat6_new_flow(struct xdp_md *ctx, struct ct6_set *set, const struc
 
 /* The live conntrack6 entry of an IPv6 NAT reply (or of an ICMPv6 error quoting a
  * request): `back` is the reply's 5-tuple (RIP, client, rport, cport). Its nat_rev6
- * entry names the service (whose VIP, copied to vip, and the entry's vport make the
- * flow's key) and the flow's conntrack6 set; the entry there must still be on this
- * RIP. Fills *rev, *st, vip and the sets and ways; false if any of that fails. The
- * caller checks timeouts. */
+ * entry names the service (whose VIP in service_info6, where *vip points, and the
+ * entry's vport make the flow's key) and the flow's conntrack6 set; the entry there
+ * must still be on this RIP. Fills *rev, *st, *vip and the sets and ways; false if
+ * any of that fails. The caller checks timeouts. */
 LB_INLINE bool nat6_flow_of_reply(const struct flow_key6 *back, struct flow_state *rev,
-                                  struct flow_state *st, __be32 *vip, struct ct6_set **set,
-                                  int *way, struct ct6_set **rset, int *rway)
+                                  struct flow_state *st, const __be32 **vip,
+                                  struct ct6_set **set, int *way, struct ct6_set **rset,
+                                  int *rway)
 {
     __u32 ri = CT_SET(ct6_hash(back));
     *rset = nat_rev6.lookup(&ri);
@@ -237,8 +250,8 @@ LB_INLINE bool nat6_flow_of_reply(const struct flow_key6 *back, struct flow_stat
     if (!si)
         return false;
     struct flow_key6 fk = {.sport = back->dport, .dport = rev->vport, .proto = back->proto};
-    addr6_copy(fk.saddr, back->daddr);
-    addr6_copy(fk.daddr, si->key.vip);
+    addr6_copy64(fk.saddr, back->daddr);
+    addr6_copy64(fk.daddr, si->key.vip);
     __u32 si_set = CT_SET(rev->hash);
     *set = conntrack6.lookup(&si_set);
     if (!*set)
@@ -246,7 +259,7 @@ LB_INLINE bool nat6_flow_of_reply(const struct flow_key6 *back, struct flow_stat
     *way = ct6_find(*set, &fk, st);
     if (*way == CT_MISS || st->addr != addr6_tag(back->saddr)) /* rescheduled, evicted */
         return false;
-    addr6_copy(vip, si->key.vip);
+    *vip = si->key.vip;
     return true;
 }
 
@@ -269,26 +282,23 @@ LB_INLINE int lb_nat_return6(struct xdp_md *ctx)
     struct flow_state rev, st;
     struct ct6_set *set, *rset;
     int way, rway;
-    __be32 vip[4];
-    if (!nat6_flow_of_reply(&p.flow, &rev, &st, vip, &set, &way, &rset, &rway))
+    const __be32 *vip;
+    if (!nat6_flow_of_reply(&p.flow, &rev, &st, &vip, &set, &way, &rset, &rway))
         return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
     if (nat_expired(&st, p.flow.proto, cfg, now))
         return verdict(G_NAT_EXPIRED, XDP_PASS);
-    v = nat6_admissible(data, data_end, p.flow.proto);
+    v = nat6_rewrite(data, data_end, true, vip, rev.vport);
     if (v != FURTHER_PROCESSING)
-        return v;
-    way &= CT_WAYS - 1;
-    nat6_touch(&set->val[way], &p, now);
-    ct6_touch(set, way);
-    ct6_touch(rset, rway);
+        return v; /* hop limit, UDP checksum 0: nothing written, the flow not refreshed */
     struct ethhdr *eth = data;
     if ((void *)(eth + 1) > data_end)
         return XDP_PASS;
     __builtin_memcpy(eth->h_dest, st.mac, ETH_ALEN);
     __builtin_memcpy(eth->h_source, cfg->pub_mac, ETH_ALEN);
-    v = nat6_rewrite(data, data_end, true, vip, rev.vport);
-    if (v != FURTHER_PROCESSING)
-        return v;
+    way &= CT_WAYS - 1;
+    nat6_touch(&set->val[way], &p, now);
+    ct6_touch(set, way);
+    ct6_touch(rset, rway);
     struct packet acc = {.len = p.len}; /* account() reads the length only */
     account(st.service, st.real, &acc, false);
     count(G_NAT_OUT);
@@ -362,7 +372,7 @@ LB_INLINE int nat6_icmp(struct xdp_md *ctx, bool inbound)
             return verdict(G_PASS_NOT_VIP, XDP_PASS);
         if (ip6->hop_limit <= 1)
             return verdict(G_PASS_HOP_LIMIT, XDP_PASS);
-        __u32 delta = 2 * csum_addr6_delta(fk.daddr, r6->addr) + (__u16)~ports[0] + rport;
+        __u64 delta = 2 * csum_addr6_delta(fk.daddr, r6->addr) + (__u16)~ports[0] + rport;
         ic->check = csum_apply(ic->check, delta);
         addr6_copy(outer_dst, r6->addr);
         addr6_copy(quoted_src, r6->addr);
@@ -382,13 +392,13 @@ LB_INLINE int nat6_icmp(struct xdp_md *ctx, bool inbound)
     struct flow_state rev, st;
     struct ct6_set *set, *rset;
     int way, rway;
-    __be32 vip[4];
-    if (!nat6_flow_of_reply(&back, &rev, &st, vip, &set, &way, &rset, &rway) ||
+    const __be32 *vip;
+    if (!nat6_flow_of_reply(&back, &rev, &st, &vip, &set, &way, &rset, &rway) ||
         nat_expired(&st, back.proto, cfg, now))
         return verdict(G_PASS_NAT_NO_FLOW, XDP_PASS);
     if (ip6->hop_limit <= 1)
         return verdict(G_PASS_HOP_LIMIT, XDP_PASS);
-    __u32 delta = csum_addr6_delta(back.saddr, vip) + (__u16)~ports[1] + rev.vport;
+    __u64 delta = csum_addr6_delta(back.saddr, vip) + (__u16)~ports[1] + rev.vport;
     if (addr6_eq(outer_src, back.saddr)) { /* from the real server itself */
         delta += csum_addr6_delta(back.saddr, vip);
         addr6_copy(outer_src, vip);

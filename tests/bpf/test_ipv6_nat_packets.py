@@ -313,22 +313,46 @@ def test_a_udp_checksum_that_computes_to_zero_is_sent_as_ffff(nat: Nat6) -> None
     assert checked(out) == udp6(CLIENT, rip, sport, 5353, payload, (rmac, PRIVATE_MAC), 63)
 
 
+def test_checksums_hold_at_the_carry_edges(nat: Nat6) -> None:
+    """The incremental update sums the addresses' 32-bit words in 64 bits and folds
+    once: clients whose address halves are all 0xffff or all 0 (where end-around
+    carries pile up or vanish) and payloads sweeping the checksum's value, both ways,
+    each output's checksum checked independently."""
+    clients = ("2001:2:ffff:ffff:ffff:ffff:ffff:ffff", "2001:2::", "2001:2:0:ffff::fffe")
+    for client in clients:
+        for i in range(40):
+            payload = bytes([i]) * (i % 7 + 1) + struct.pack("!H", i * 1637)
+            request = udp6(client, VIP, 6000 + i, 53, payload, (DIRECTOR_MAC, CLIENT_MAC))
+            out = nat.inbound(request)
+            assert out.retval == XDP_REDIRECT
+            rip = str(IPv6Address(checked(out)[38:54]))
+            assert rip in RIPS.values()
+            rmac = MACS[IPv6Address(rip)]
+            back = nat.reply(udp6(rip, client, 5353, 6000 + i, payload, (PRIVATE_MAC, rmac)))
+            assert back.retval == XDP_REDIRECT
+            assert checked(back)[22:38] == IPv6Address(VIP).packed
+
+
 def test_udp_without_a_checksum_is_dropped_not_forwarded(nat: Nat6) -> None:
     """IPv6 forbids a UDP checksum of 0 (RFC 8200 8.1): the real server would discard
     it, and an incremental update would turn it into a wrong one. Dropped, counted,
-    and no flow is started by it; a reply without one is dropped too."""
+    and no flow is started by it; one of an established flow, either way, is dropped
+    untouched too."""
     packet = udp6(CLIENT, VIP, 5200, 53, b"query", (DIRECTOR_MAC, CLIENT_MAC), zero_checksum=True)
     out = nat.inbound(packet)
     assert (out.retval, out.data) == (XDP_DROP, packet)
     assert nat.dp.maps.nat_flows6() == {} and nat.dp.maps.flows6() == {}
     rip = nat.rip("dns6", 5201, UDP, 53)
     nat.inbound(udp6(CLIENT, VIP, 5201, 53, b"query", (DIRECTOR_MAC, CLIENT_MAC)))
+    again = udp6(CLIENT, VIP, 5201, 53, b"again", (DIRECTOR_MAC, CLIENT_MAC), zero_checksum=True)
+    out = nat.inbound(again)
+    assert (out.retval, out.data) == (XDP_DROP, again)
     rmac = MACS[IPv6Address(rip)]
     reply = udp6(rip, CLIENT, 5353, 5201, b"answer", (PRIVATE_MAC, rmac), zero_checksum=True)
     out = nat.reply(reply)
     assert (out.retval, out.data) == (XDP_DROP, reply)
     c = nat.counters()
-    assert (c["drop_bad_l4"], c["nat_in"], c["nat_out"]) == (2, 1, 0)
+    assert (c["drop_bad_l4"], c["nat_in"], c["nat_out"]) == (3, 1, 0)
 
 
 def test_client_mac_is_learned_from_the_inbound_frame(nat: Nat6) -> None:
