@@ -313,11 +313,12 @@ def test_a_udp_checksum_that_computes_to_zero_is_sent_as_ffff(nat: Nat6) -> None
     assert checked(out) == udp6(CLIENT, rip, sport, 5353, payload, (rmac, PRIVATE_MAC), 63)
 
 
-def test_checksums_hold_at_the_carry_edges(nat: Nat6) -> None:
+def test_checksums_hold_across_their_range(nat: Nat6) -> None:
     """The incremental update sums the addresses' 32-bit words in 64 bits and folds
-    once: clients whose address halves are all 0xffff or all 0 (where end-around
-    carries pile up or vanish) and payloads sweeping the checksum's value, both ways,
-    each output's checksum checked independently."""
+    once, with the packet's checksum: clients whose address halves are all 0xffff or
+    all 0 and payloads that move the checksum being updated across its range (so the
+    final fold meets its carries), both ways, each output's checksum checked
+    independently."""
     clients = ("2001:2:ffff:ffff:ffff:ffff:ffff:ffff", "2001:2::", "2001:2:0:ffff::fffe")
     for client in clients:
         for i in range(40):
