@@ -28,10 +28,15 @@ import pytest
 
 from compiler import compile_text
 from dataplane.plan import Sizes, plan
-from dataplane.xdp import RealState, XdpDataplane
+from dataplane.xdp import XdpDataplane
 from tests.netns.daemon_lab import nat_config, nat_segment, nat_virtual
 from tests.netns.topo import Netns, Topology, inside, start_client
-from tests.netns.xdp_lab import XdpLab, link_mac
+from tests.netns.xdp_lab import (
+    XdpLab,
+    check_held_connection_survives_reweighting,
+    check_udp_through_port_mapping,
+    link_mac,
+)
 
 pytestmark = pytest.mark.netns
 
@@ -122,34 +127,11 @@ def test_many_tcp_connections_complete_through_port_mapping(lab: Lab) -> None:
 
 
 def test_udp_exchanges_complete_through_port_mapping(lab: Lab) -> None:
-    dns = lab.service("dns")
-    answers = lab.ask(op="udp", src=CLIENT_ADDR, dst=VIP, port=53, n=100, ports=True)
-    assert [n for _s, n in answers] == [lab.expected(dns, s) for s, _n in answers]
-    assert {n for _s, n in answers} == {"rs1", "rs2"}
-    # every datagram in and every answer out, counted on the service itself: nat_out
-    # would also count a real server's answer to a late packet of an earlier test's
-    # TCP connection (a mid-flow packet without state is scheduled like a new flow,
-    # on web, not dns)
-    assert lab.dp.maps.service_counters(dns.index).packets == 200
-    assert lab.dp.maps.global_counters()["nat_out"] >= 100
+    check_udp_through_port_mapping(lab, lab.service("dns"), CLIENT_ADDR, VIP)
 
 
 def test_long_lived_connection_survives_a_weight_change(lab: Lab) -> None:
-    web = lab.service("web")
-    sport, name = lab.ask(op="hold", src=CLIENT_ADDR, dst=VIP, port=80)
-    assert name == lab.expected(web, sport)
-    held = next(r for r in web.reals if r.name == name)
-    other = next(r for r in web.reals if r.name != name)
-    assert lab.ask(op="echo", sport=sport, data="before") == "before"
-    lab.sync({other.index: RealState(weight=5)})  # the table moves slots around
-    assert lab.ask(op="echo", sport=sport, data="reweighted") == "reweighted"
-    lab.sync({held.index: RealState(weight=0)})  # its own server quiesced
-    for i in range(5):
-        assert lab.ask(op="echo", sport=sport, data=f"still-{i}") == f"still-{i}"
-    conns = lab.ask(op="many", src=CLIENT_ADDR, dst=VIP, port=80, n=40)
-    assert {n for _s, n in conns} == {other.name}  # new ones avoid the quiesced one
-    assert lab.ask(op="echo", sport=sport, data="last") == "last"
-    lab.ask(op="close", sport=sport)
+    check_held_connection_survives_reweighting(lab, lab.service("web"), CLIENT_ADDR, VIP)
 
 
 def test_port_unreachable_from_a_real_server_reaches_the_client_socket(lab: Lab) -> None:

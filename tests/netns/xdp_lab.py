@@ -143,3 +143,38 @@ def pass_on_switch(seg: DrSegment) -> Iterator[None]:
         yield
     finally:
         passer.cleanup()
+
+
+def check_udp_through_port_mapping(lab: XdpLab, dns: ServicePlan, client: str, vip: str) -> None:
+    """100 UDP exchanges with VIP:53 (mapped to the real servers' own port), each
+    answered by the real server the table predicts, both real servers used. Counted on
+    the service itself: a global ``nat_out`` would also count a real server's answer
+    to a late packet of an earlier test's TCP connection (a mid-flow packet without
+    state is scheduled like a new flow, on another service)."""
+    answers = lab.ask(op="udp", src=client, dst=vip, port=53, n=100, ports=True)
+    assert [n for _s, n in answers] == [lab.expected(dns, s) for s, _n in answers]
+    assert {n for _s, n in answers} == {"rs1", "rs2"}
+    assert lab.dp.maps.service_counters(dns.index).packets == 200  # every datagram in and out
+    assert lab.dp.maps.global_counters()["nat_out"] >= 100
+
+
+def check_held_connection_survives_reweighting(
+    lab: XdpLab, web: ServicePlan, client: str, vip: str
+) -> None:
+    """A connection held open on VIP:80 keeps its real server when another server's
+    weight changes (the table moves slots) and when its own server is quiesced; new
+    connections then avoid the quiesced one."""
+    sport, name = lab.ask(op="hold", src=client, dst=vip, port=80)
+    assert name == lab.expected(web, sport)
+    held = next(r for r in web.reals if r.name == name)
+    other = next(r for r in web.reals if r.name != name)
+    assert lab.ask(op="echo", sport=sport, data="before") == "before"
+    lab.sync({other.index: RealState(weight=5)})
+    assert lab.ask(op="echo", sport=sport, data="reweighted") == "reweighted"
+    lab.sync({held.index: RealState(weight=0)})
+    for i in range(5):
+        assert lab.ask(op="echo", sport=sport, data=f"still-{i}") == f"still-{i}"
+    conns = lab.ask(op="many", src=client, dst=vip, port=80, n=40)
+    assert {n for _s, n in conns} == {other.name}
+    assert lab.ask(op="echo", sport=sport, data="last") == "last"
+    lab.ask(op="close", sport=sport)
