@@ -38,6 +38,7 @@ from tests.netns.xdp_lab import (
     PASS_PROGRAM,
     XdpLab,
     check_held_connection_survives_reweighting,
+    check_many_tcp_through_port_mapping,
     check_udp_through_port_mapping,
     link_mac,
 )
@@ -150,26 +151,14 @@ def built() -> Iterator[Lab]:
 
 @pytest.fixture
 def lab(built: Lab) -> Lab:
-    built.sync({})
-    built.dp.maps.clear_flows()
-    built.dp.maps.reset_counters()
-    return built
+    return built.fresh()
 
 
 def test_many_tcp_connections_complete_through_port_mapping(lab: Lab) -> None:
+    reals = {name: address for name, (address, _weight) in REALS.items()}
     web = lab.service("web6")
-    conns = lab.ask(op="many", src=CLIENT_ADDR, dst=VIP, port=80, n=200)
-    names = [name for _sport, name in conns]
-    assert names == [lab.expected(web, sport) for sport, _name in conns]
-    assert set(names) == {"rs1", "rs2"}
-    flows = lab.dp.maps.nat_flows6()
-    for sport, name in conns:  # each reply was keyed [RIP]:8080 -> client:sport
-        key = (IPv6Address(REALS[name][0]), 8080, IPv6Address(CLIENT_ADDR), sport, TCP)
-        assert flows[key] == (IPv6Address(VIP), 80)
-    c = lab.dp.maps.global_counters()
-    # at least SYN, ACK, data, FIN, ACK in and SYN-ACK, greeting, echo, FIN out each
-    assert c["nat_in"] >= 200 * 4 and c["nat_out"] >= 200 * 3
-    assert c["pass_hop_limit"] == 0
+    check_many_tcp_through_port_mapping(lab, web, CLIENT_ADDR, reals, lab.dp.maps.nat_flows6)
+    assert lab.dp.maps.global_counters()["pass_hop_limit"] == 0
 
 
 def test_udp_exchanges_complete_through_port_mapping(lab: Lab) -> None:

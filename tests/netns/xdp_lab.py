@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -70,6 +70,14 @@ class XdpLab:
 
     def new_flows(self, svc: ServicePlan) -> dict[str, int]:
         return {r.name: self.dp.maps.real_counters(r.index).new_flows for r in svc.reals}
+
+    def fresh(self) -> XdpLab:
+        """The lab as a test starts it: every real server healthy at its configured
+        weight, no tracked flows, counters at zero."""
+        self.sync({})
+        self.dp.maps.clear_flows()
+        self.dp.maps.reset_counters()
+        return self
 
 
 @dataclass
@@ -178,3 +186,22 @@ def check_held_connection_survives_reweighting(
     assert {n for _s, n in conns} == {other.name}
     assert lab.ask(op="echo", sport=sport, data="last") == "last"
     lab.ask(op="close", sport=sport)
+
+
+def check_many_tcp_through_port_mapping(
+    lab: XdpLab, web: ServicePlan, client: str, reals: Mapping[str, str], flows: Callable[[], dict]
+) -> None:
+    """200 TCP connections to VIP:80 (mapped to the real servers' port 8080), each on
+    the real server the table predicts, both used; every reply keyed [RIP]:8080 ->
+    client:sport in the reverse table ``flows()`` returns, pointing back at VIP:80."""
+    conns = lab.ask(op="many", src=client, dst=str(web.vip), port=80, n=200)
+    names = [name for _sport, name in conns]
+    assert names == [lab.expected(web, sport) for sport, _name in conns]
+    assert set(names) == {"rs1", "rs2"}
+    found = flows()
+    for sport, name in conns:
+        key = (ip_address(reals[name]), 8080, ip_address(client), sport, 6)
+        assert found[key] == (web.vip, 80)
+    c = lab.dp.maps.global_counters()
+    # at least SYN, ACK, data, FIN, ACK in and SYN-ACK, greeting, echo, FIN out each
+    assert c["nat_in"] >= 200 * 4 and c["nat_out"] >= 200 * 3
