@@ -14,20 +14,17 @@ candidates and the less loaded other one wins unless both candidates are rs1.
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from ipaddress import IPv6Address
 
 import pytest
 
 from compiler import compile_text
-from dataplane.maps import lc_second_hash
-from dataplane.plan import ServicePlan, Sizes, flow_hash, persist_client, plan
+from dataplane.plan import ServicePlan, Sizes, persist_client, plan
 from dataplane.xdp import RealState, XdpDataplane
 from tests.netns.topo import Topology, inside, start_client
-from tests.netns.xdp_lab import XdpLab, dr_segment, link_mac, pass_on_switch
+from tests.netns.xdp_lab import LcLab, dr_segment, link_mac, pass_on_switch
 
 pytestmark = pytest.mark.netns
 
@@ -65,23 +62,7 @@ virtual sticky6 {{
 """
 
 
-@dataclass
-class Lab(XdpLab):
-    def candidates(self, svc: ServicePlan, sport: int) -> tuple[str, str]:
-        h = flow_hash(IPv6Address(CLIENT), svc.vip, sport, svc.port, svc.proto)
-        return self.real_at(svc, h).name, self.real_at(svc, lc_second_hash(h)).name
-
-    def conns(self, svc: ServicePlan) -> dict[str, int]:
-        counts = self.dp.maps.real_conns()
-        return {r.name: counts.get(r.index, 0) for r in svc.reals}
-
-    def wait_conns(self, svc: ServicePlan, want: dict[str, int]) -> dict[str, int]:
-        """The counts once the last FINs crossed the director; what they are after a
-        few seconds otherwise."""
-        deadline = time.monotonic() + 5
-        while (got := self.conns(svc)) != want and time.monotonic() < deadline:
-            time.sleep(0.05)
-        return got
+Lab = LcLab
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from tests.netns.xdp_lab import (
     XdpLab,
     check_held_connection_survives_reweighting,
     check_many_tcp_through_port_mapping,
+    check_port_unreachable_translated,
     check_udp_through_port_mapping,
     link_mac,
 )
@@ -124,20 +125,7 @@ def test_long_lived_connection_survives_a_weight_change(lab: Lab) -> None:
 
 
 def test_port_unreachable_from_a_real_server_reaches_the_client_socket(lab: Lab) -> None:
-    """VIP:54 maps to port 5454, where no real server listens: the real server's ICMP
-    port unreachable (about client -> RIP:5454) is translated on the private side
-    (about client -> VIP:54, from the VIP), so the client's connected socket gets
-    ECONNREFUSED instead of a timeout."""
-    code = (
-        "import socket\n"
-        "u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.settimeout(5)\n"
-        f"u.connect(('{VIP}', 54)); u.send(b'q')\n"
-        "try:\n    u.recv(100); print('answered')\n"
-        "except ConnectionRefusedError:\n    print('refused')\n"
-        "except TimeoutError:\n    print('timeout')\n"
-    )
-    assert lab.client_ns.python(code).strip() == "refused"
-    assert lab.dp.maps.global_counters()["nat_icmp"] == 1
+    check_port_unreachable_translated(lab, lab.client_ns, VIP)
 
 
 def test_the_directors_own_traffic_to_a_real_server_goes_to_its_kernel(lab: Lab) -> None:

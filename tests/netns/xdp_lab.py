@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from ipaddress import ip_address
 from bcc import BPF
 
 from dataplane.decap import Decap
+from dataplane.maps import lc_second_hash
 from dataplane.plan import Plan, RealPlan, ServicePlan, flow_hash
 from dataplane.xdp import RealState, XdpDataplane, attach_xdp
 from tests.netns.topo import Netns, Topology, ask, inside
@@ -205,3 +207,44 @@ def check_many_tcp_through_port_mapping(
     c = lab.dp.maps.global_counters()
     # at least SYN, ACK, data, FIN, ACK in and SYN-ACK, greeting, echo, FIN out each
     assert c["nat_in"] >= 200 * 4 and c["nat_out"] >= 200 * 3
+
+
+@dataclass
+class LcLab(XdpLab):
+    """A lab for the least-connection family: each flow's two candidates and the
+    program's open-flow counts per real server."""
+
+    def candidates(self, svc: ServicePlan, sport: int) -> tuple[str, str]:
+        """The Maglev slot's real server and the second hash's, for the default client."""
+        h = flow_hash(ip_address(self.src), svc.vip, sport, svc.port, svc.proto)
+        return self.real_at(svc, h).name, self.real_at(svc, lc_second_hash(h)).name
+
+    def conns(self, svc: ServicePlan) -> dict[str, int]:
+        counts = self.dp.maps.real_conns()
+        return {r.name: counts.get(r.index, 0) for r in svc.reals}
+
+    def wait_conns(self, svc: ServicePlan, want: dict[str, int]) -> dict[str, int]:
+        """The counts once the last FINs crossed the director (they travel after the
+        client's close() returns); what they are after a few seconds otherwise."""
+        deadline = time.monotonic() + 5
+        while (got := self.conns(svc)) != want and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return got
+
+
+def check_port_unreachable_translated(lab: XdpLab, client_ns: Netns, vip: str) -> None:
+    """VIP:54 maps to port 5454, where no real server listens: the real server's port
+    unreachable (about client -> RIP:5454) is translated on the private side (about
+    client -> VIP:54, from the VIP), so the client's connected socket gets
+    ECONNREFUSED instead of a timeout."""
+    family = "AF_INET6" if ":" in vip else "AF_INET"
+    code = (
+        "import socket\n"
+        f"u = socket.socket(socket.{family}, socket.SOCK_DGRAM); u.settimeout(5)\n"
+        f"u.connect(('{vip}', 54)); u.send(b'q')\n"
+        "try:\n    u.recv(100); print('answered')\n"
+        "except ConnectionRefusedError:\n    print('refused')\n"
+        "except TimeoutError:\n    print('timeout')\n"
+    )
+    assert client_ns.python(code).strip() == "refused"
+    assert lab.dp.maps.global_counters()["nat_icmp"] == 1
